@@ -1,0 +1,67 @@
+r"""sdeflow: composable SDE parts for diffusion normalizing flows, score-based diffusion and
+normalizing flows in PyTorch.
+
+The parts: processes (:mod:`sdeflow.processes`), time grids (:class:`TimeGrid`), diffusion
+schedules (:mod:`sdeflow.schedules`), step schemes (:mod:`sdeflow.discretizers`), trajectory
+distributions (:class:`ForwardTrajectory`, :class:`BackwardTrajectory`), objectives
+(:mod:`sdeflow.objectives`) and gradient strategies (:mod:`sdeflow.gradients`).
+"""
+
+from sdeflow.discretizers import DISCRETIZERS, Discretizer, EulerMaruyama, register_discretizer
+from sdeflow.gradients import Backprop, GradientStrategy
+from sdeflow.grids import TimeGrid
+from sdeflow.objectives import (
+    DenoisingScoreMatching,
+    DiffFlowObjective,
+    DiffFlowTerms,
+    FlowNLL,
+    FlowTerms,
+)
+from sdeflow.priors import DiagonalNormal, StandardNormal
+from sdeflow.processes import (
+    SDE,
+    VESDE,
+    VPSDE,
+    ForwardSDE,
+    LinearSDE,
+    ReverseSDE,
+    SubVPSDE,
+    probability_flow,
+)
+from sdeflow.sampling import sample
+from sdeflow.schedules import ConstantSchedule, LinearSchedule, Schedule, as_schedule
+from sdeflow.trajectories import BackwardTrajectory, ForwardTrajectory
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DISCRETIZERS",
+    "SDE",
+    "VESDE",
+    "VPSDE",
+    "Backprop",
+    "BackwardTrajectory",
+    "ConstantSchedule",
+    "DenoisingScoreMatching",
+    "DiagonalNormal",
+    "DiffFlowObjective",
+    "DiffFlowTerms",
+    "Discretizer",
+    "EulerMaruyama",
+    "FlowNLL",
+    "FlowTerms",
+    "ForwardSDE",
+    "ForwardTrajectory",
+    "GradientStrategy",
+    "LinearSDE",
+    "LinearSchedule",
+    "ReverseSDE",
+    "Schedule",
+    "StandardNormal",
+    "SubVPSDE",
+    "TimeGrid",
+    "as_schedule",
+    "probability_flow",
+    "register_discretizer",
+    "sample",
+]

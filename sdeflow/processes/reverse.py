@@ -1,0 +1,104 @@
+r"""The reverse family of a forward SDE (marginal-equivalent for every :math:`\lambda`):
+
+.. math:: dx = \left[f(x, t) - \tfrac{1 + \lambda^2}{2}\, g(t)^2\, s(x, t)\right] dt
+          + \lambda\, g(t)\, d\bar w,
+
+integrated from :math:`T` down to :math:`0`. :math:`\lambda = 1` is the reverse-time SDE of
+DiffFlow (with :math:`s = \nabla\log p_t` it has the forward marginals); :math:`\lambda = 0` is
+the probability-flow ODE used for exact likelihoods.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import Tensor
+
+from sdeflow._checks import as_time
+from sdeflow.processes.base import SDE
+
+__all__ = ["ReverseSDE", "probability_flow"]
+
+
+class ReverseSDE(SDE):
+    r"""Reverse process of ``forward`` with score model ``score`` and noise scale ``lam``.
+
+    Drift and diffusion are given in the forward time convention: a step from :math:`t` down to
+    :math:`t - dt` is :math:`x - \mathrm{drift}(x, t)\,dt + \mathrm{diffusion}(x, t)\sqrt{dt}\,
+    \delta`, which is how the discretizers step it (a negative ``dt``).
+
+    Arguments:
+        forward: The forward :class:`~sdeflow.processes.SDE` (drift :math:`f`, diffusion
+            :math:`g`). Its diffusion must not depend on ``x``.
+        score: ``s(x, t)``, a callable or module returning a tensor shaped like ``x``.
+        lam: :math:`\lambda \ge 0`.
+
+    Example:
+        >>> import torch
+        >>> from sdeflow.processes import ForwardSDE
+        >>> fwd = ForwardSDE(lambda x, t: -x, diffusion=1.0)
+        >>> rev = ReverseSDE(fwd, score=lambda x, t: -x, lam=0.0)
+        >>> rev.drift(torch.ones(1, 2), torch.tensor(0.0))  # -x - (1/2)(-x)
+        tensor([[-0.5000, -0.5000]])
+    """
+
+    def __init__(
+        self, forward: SDE, score: Callable[[Tensor, Tensor], Tensor], lam: float = 1.0
+    ) -> None:
+        super().__init__()
+        if not isinstance(forward, SDE):
+            raise TypeError(f"forward must be an sdeflow SDE, got {type(forward).__name__}")
+        if not callable(score):
+            raise TypeError(f"score must be callable s(x, t), got {type(score).__name__}")
+        if not getattr(forward, "additive_noise", True):
+            raise ValueError("forward must have a diffusion g(t) that does not depend on x")
+        lam = float(lam)
+        if not lam >= 0:
+            raise ValueError(f"lam must be >= 0, got {lam}")
+        self.forward_sde = forward
+        self.score = score
+        self.lam = lam
+
+    def score_value(self, x: Tensor, t: Tensor) -> Tensor:
+        s = self.score(x, t)
+        if not isinstance(s, Tensor) or s.shape != x.shape:
+            got = tuple(s.shape) if isinstance(s, Tensor) else type(s).__name__
+            raise ValueError(f"score(x, t) must return a tensor shaped like x {tuple(x.shape)}, "
+                             f"got {got}")
+        return s
+
+    def drift(self, x: Tensor, t: Tensor, forward_drift: Tensor | None = None) -> Tensor:
+        r""":math:`f(x, t) - \tfrac{1+\lambda^2}{2} g(t)^2 s(x, t)`.
+
+        ``forward_drift``, when given, is :math:`f(x, t)` already computed (DiffFlow's training
+        sweep computes it while stepping forward and reuses it here).
+        """
+        t = as_time(t, x)
+        f = self.forward_sde.drift(x, t) if forward_drift is None else forward_drift
+        g = self.forward_sde.diffusion(x, t)
+        return f - (0.5 * (1.0 + self.lam**2)) * g**2 * self.score_value(x, t)
+
+    def diffusion(self, x: Tensor, t: Tensor) -> Tensor:
+        return self.lam * self.forward_sde.diffusion(x, as_time(t, x))
+
+    def diffusion_scale(self, t: Tensor) -> Tensor | None:
+        g = self.forward_sde.diffusion_scale(t)
+        return None if g is None else self.lam * g
+
+    def with_lam(self, lam: float) -> ReverseSDE:
+        """The same forward process and score with another :math:`\\lambda` (shares modules)."""
+        return ReverseSDE(self.forward_sde, self.score, lam)
+
+    def extra_repr(self) -> str:
+        return f"lam={self.lam}"
+
+
+def probability_flow(forward: SDE, score: Callable[[Tensor, Tensor], Tensor]) -> ReverseSDE:
+    r"""The probability-flow ODE :math:`dx = [f - \tfrac12 g^2 s]\,dt` (``lam = 0``).
+
+    Example:
+        >>> from sdeflow.processes import VPSDE
+        >>> probability_flow(VPSDE(), lambda x, t: -x).lam
+        0.0
+    """
+    return ReverseSDE(forward, score, lam=0.0)
