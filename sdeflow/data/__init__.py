@@ -1,0 +1,24 @@
+r"""Data: DiffFlow's 2D toy sets with their preprocessing, CIFAR-10 from the standard
+python-format archive, and scikit-learn's 8x8 digits, with the bits/dim conventions of
+quantized images.
+"""
+
+from .cifar10 import CIFAR10, CIFAR10_MD5, CIFAR10_URL, load_cifar10, write_tiny_cifar10_archive
+from .digits import Digits, dequantization_offset, dequantize, nats_to_bits_per_dim
+from .toy import TOY_DATASETS, ToyPreprocessor, load_toy, sample_toy
+
+__all__ = [
+    "CIFAR10",
+    "CIFAR10_MD5",
+    "CIFAR10_URL",
+    "Digits",
+    "TOY_DATASETS",
+    "ToyPreprocessor",
+    "dequantization_offset",
+    "dequantize",
+    "load_cifar10",
+    "load_toy",
+    "nats_to_bits_per_dim",
+    "sample_toy",
+    "write_tiny_cifar10_archive",
+]

@@ -1,0 +1,27 @@
+r"""Networks called as ``net(x, t)``: the Fourier-feature MLP of DiffFlow's 2D experiments, a
+DDPM-style U-Net for images, and the time features/embeddings they share.
+
+``t`` has shape ``()`` or ``(1,)`` (one time for the whole batch, evaluated once and broadcast)
+or ``(B,)`` (one time per sample).
+"""
+
+from .mlp import ACTIVATIONS, FourierMLP
+from .time import (
+    FourierTimeFeatures,
+    GaussianFourierFeatures,
+    SinusoidalTimeEmbedding,
+    time_batch,
+)
+from .unet import AttnBlock, ResBlock, UNet
+
+__all__ = [
+    "ACTIVATIONS",
+    "AttnBlock",
+    "FourierMLP",
+    "FourierTimeFeatures",
+    "GaussianFourierFeatures",
+    "ResBlock",
+    "SinusoidalTimeEmbedding",
+    "UNet",
+    "time_batch",
+]
