@@ -7,7 +7,14 @@ distributions (:class:`ForwardTrajectory`, :class:`BackwardTrajectory`), objecti
 (:mod:`sdeflow.objectives`) and gradient strategies (:mod:`sdeflow.gradients`).
 """
 
-from sdeflow.discretizers import DISCRETIZERS, Discretizer, EulerMaruyama, register_discretizer
+from sdeflow.discretizers import (
+    DISCRETIZERS,
+    Discretizer,
+    EulerMaruyama,
+    ExponentialIntegrator,
+    StochasticHeun,
+    register_discretizer,
+)
 from sdeflow.gradients import Backprop, GradientStrategy
 from sdeflow.grids import TimeGrid
 from sdeflow.objectives import (
@@ -48,6 +55,7 @@ __all__ = [
     "DiffFlowTerms",
     "Discretizer",
     "EulerMaruyama",
+    "ExponentialIntegrator",
     "FlowNLL",
     "FlowTerms",
     "ForwardSDE",
@@ -58,6 +66,7 @@ __all__ = [
     "ReverseSDE",
     "Schedule",
     "StandardNormal",
+    "StochasticHeun",
     "SubVPSDE",
     "TimeGrid",
     "as_schedule",

@@ -70,6 +70,9 @@ def _gaussian_log_prob(
     discretizer: Discretizer, sde: SDE, x_from: Tensor, t: Tensor, dt: Tensor, x_to: Tensor
 ) -> tuple[Tensor, Tensor]:
     """Standardized residual ``delta`` and ``log N(x_to; mean, std^2 I)`` summed over the state."""
+    if not discretizer.gaussian:
+        raise TypeError(f"discretizer must have a Gaussian transition for a trajectory density; "
+                        f"{type(discretizer).__name__} has none (use it to sample)")
     mean, std = discretizer.transition(sde, x_from, t, dt)
     delta = (x_to - mean) / std
     log_prob = -0.5 * delta.pow(2).reshape(delta.shape[0], -1).sum(-1) - sum_state(std.log(), x_to)
@@ -269,7 +272,7 @@ class BackwardTrajectory(_Trajectory):
 
     def expand(self, batch_shape, _instance=None) -> BackwardTrajectory:
         return BackwardTrajectory(self.prior.expand(torch.Size(batch_shape)), self.reverse,
-                                  self.grid, self.discretizer)
+                                  self.grid, self.discretizer, self._validate_args)
 
     def trajectory_from_noise(self, x_final: Tensor, delta_backward: Tensor) -> Tensor:
         r"""The trajectory from :math:`x_N` driven by given noises :math:`\delta^B`.

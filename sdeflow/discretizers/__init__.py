@@ -8,9 +8,18 @@ import pkgutil
 
 from sdeflow.discretizers.base import DISCRETIZERS, Discretizer, register_discretizer
 from sdeflow.discretizers.euler_maruyama import EulerMaruyama
+from sdeflow.discretizers.exponential import ExponentialIntegrator
+from sdeflow.discretizers.heun import StochasticHeun
 
 for _module in pkgutil.iter_modules(__path__):
     if not _module.name.startswith("_"):
         importlib.import_module(f"{__name__}.{_module.name}")
 
-__all__ = ["DISCRETIZERS", "Discretizer", "EulerMaruyama", "register_discretizer"]
+__all__ = [
+    "DISCRETIZERS",
+    "Discretizer",
+    "EulerMaruyama",
+    "ExponentialIntegrator",
+    "StochasticHeun",
+    "register_discretizer",
+]

@@ -1,0 +1,240 @@
+"""The discretizer test kit: it accepts the shipped schemes, rejects broken ones (naming the
+failed check), and its strategies, problems and new schemes behave as documented."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import sdeflow.testing.strategies as sst
+from sdeflow import (
+    VPSDE,
+    DiffFlowObjective,
+    ForwardSDE,
+    ForwardTrajectory,
+    ReverseSDE,
+    StandardNormal,
+    TimeGrid,
+    sample,
+)
+from sdeflow.discretizers import DISCRETIZERS, EulerMaruyama
+from sdeflow.discretizers.exponential import ExponentialIntegrator
+from sdeflow.discretizers.heun import StochasticHeun
+from sdeflow.testing import (
+    GBM,
+    OU,
+    check_discretizer,
+    check_shapes,
+    check_trajectory_identities,
+    check_transition,
+    gbm_problem,
+    measure_orders,
+    ou_problem,
+)
+
+DT = torch.float64
+FAST = settings(max_examples=15, deadline=None)
+
+
+# --- deliberately broken schemes ------------------------------------------------------------------
+
+class NoSqrtDt(EulerMaruyama):
+    """Noise not scaled by sqrt(dt) (consistently in step and transition)."""
+
+    def transition(self, sde, x, t, dt, drift=None):
+        b = sde.drift(x, t) if drift is None else drift
+        return x + b * dt, sde.diffusion(x, t) * torch.ones_like(dt)
+
+
+class WrongTime(EulerMaruyama):
+    """The step evaluates the drift at t + dt; the declared transition (EM's) at t."""
+
+    def step(self, sde, x, t, dt, noise):
+        return x + sde.drift(x, t + dt) * dt + sde.diffusion(x, t) * dt.abs().sqrt() * noise
+
+
+class WrongStd(EulerMaruyama):
+    """The declared transition std is not the step's."""
+
+    def transition(self, sde, x, t, dt, drift=None):
+        mean, std = super().transition(sde, x, t, dt, drift)
+        return mean, 1.3 * std
+
+    def step(self, sde, x, t, dt, noise):
+        mean, std = super().transition(sde, x, t, dt)
+        return mean + std * noise
+
+
+@pytest.fixture(scope="module")
+def reports():
+    cache = {}
+
+    def get(cls):
+        if cls not in cache:
+            cache[cls] = check_discretizer(cls())
+        return cache[cls]
+
+    return get
+
+
+@pytest.mark.parametrize("name", sorted(DISCRETIZERS))
+def test_registered_schemes_pass_the_kit(reports, name):
+    report = reports(DISCRETIZERS[name])
+    report.assert_ok()
+    measured = [r for r in report if r.name.startswith("strong_order") and r.status == "pass"]
+    assert measured, "every shipped scheme has at least one measured order"
+
+
+@pytest.mark.parametrize(("cls", "failing"), [
+    (NoSqrtDt, "strong_order[gbm]"),
+    (NoSqrtDt, "strong_order[ou]"),
+    (WrongTime, "transition[diffflow, forward]"),
+    (WrongTime, "I2_forward[diffflow, (2,)]"),
+    (WrongStd, "transition[vp, reverse]"),
+])
+def test_kit_rejects_broken_schemes(reports, cls, failing):
+    report = reports(cls)
+    assert not report.ok
+    assert report[failing].status == "fail", str(report)
+    with pytest.raises(AssertionError, match="FAIL  " + re.escape(failing)):
+        report.assert_ok()
+
+
+def test_broken_scheme_details_say_by_how_much(reports):
+    r = reports(WrongStd)["transition[vp, forward]"]
+    assert "differs from mean + std*noise by" in r.detail and r.value > r.expected
+    r = reports(NoSqrtDt)["strong_order[ou]"]
+    assert r.value is not None and abs(r.value - 1.0) > 0.4 and "declared 1" in r.detail
+    assert "FAILED" in str(reports(NoSqrtDt)).splitlines()[0]
+
+
+def test_wrong_time_is_caught_by_reverse_steps_too(reports):
+    report = reports(WrongTime)
+    assert report["transition[diffflow, reverse]"].status == "fail"
+    # its orders are those of a first-order scheme: only the step/transition mismatch betrays it
+    assert report["strong_order[gbm]"].status == "pass"
+
+
+def test_check_discretizer_argument_errors():
+    with pytest.raises(TypeError, match="Discretizer instance"):
+        check_discretizer(EulerMaruyama)
+    with pytest.raises(ValueError, match="n_weak_paths"):
+        measure_orders(EulerMaruyama(), ou_problem(), n_weak_paths=2)
+
+
+# --- the strategies drive the individual checks ---------------------------------------------------
+
+@FAST
+@given(scheme=sst.discretizers(), sde=st.one_of(sst.nonlinear_processes(),
+                                                 sst.linear_processes()),
+       x=sst.states(), t=st.floats(0.05, 0.9), dt=st.floats(1e-3, 0.1))
+def test_shapes_property(scheme, sde, x, t, dt):
+    t, dt = torch.tensor(t, dtype=DT), torch.tensor(dt, dtype=DT)
+    try:
+        scheme.step(sde, x, t, dt, torch.zeros_like(x))
+    except TypeError:
+        assert isinstance(scheme, ExponentialIntegrator)  # the only scheme with a process filter
+        return
+    assert check_shapes(scheme, sde, x, t, dt).ok
+    assert check_transition(scheme, sde, x, t, dt).ok
+
+
+@FAST
+@given(rev=sst.reverse_processes(sst.linear_processes()), grid=sst.grids(t_min=0.05, t_max=0.95),
+       shape=sst.state_shapes(max_state_dims=2), scheme=sst.discretizers(gaussian=True))
+def test_identities_property_linear(rev, grid, shape, scheme):
+    x0 = torch.randn(shape, dtype=DT)
+    results = check_trajectory_identities(scheme, rev.forward_sde, rev, grid, x0)
+    assert all(r.ok for r in results), [str(r) for r in results]
+
+
+@FAST
+@given(rev=sst.reverse_processes(sst.nonlinear_processes()), grid=sst.grids(),
+       x0=sst.states())
+def test_identities_property_nonlinear_em(rev, grid, x0):
+    results = check_trajectory_identities(EulerMaruyama(), rev.forward_sde, rev, grid, x0)
+    assert all(r.status == "pass" for r in results), [str(r) for r in results]
+
+
+@FAST
+@given(grid=sst.grids(kinds=("jittered",), min_steps=2), sched=sst.schedules())
+def test_strategies_draw_valid_objects(grid, sched):
+    assert grid.n_steps >= 2 and bool((grid.dts > 0).all())
+    assert bool((sched(grid.ts) > 0).all())
+
+
+# --- problems ---------------------------------------------------------------------------------
+
+def test_gbm_solution_and_forms():
+    p = gbm_problem(mu=0.3, sigma=0.5)
+    dw = torch.randn(20000, 8, dtype=DT, generator=torch.Generator().manual_seed(0)) * 8**-0.5
+    x = p.solution(torch.ones(20000, 1, dtype=DT), dw)
+    mean_exact = torch.exp(torch.tensor(0.3, dtype=DT))  # E[x_T] = x0 e^{mu T}
+    assert abs(float(x.mean()) - float(mean_exact)) < 4 * float(x.std()) / 20000**0.5
+    x1 = torch.ones(1, 1)
+    assert float(GBM(0.3, 0.5, "stratonovich").drift(x1, 0)) == pytest.approx(0.3 - 0.125)
+    with pytest.raises(ValueError, match="sde_type"):
+        GBM(0.3, 0.5, "strat")
+
+
+def test_ou_reference_has_the_exact_marginal():
+    p, ou = ou_problem(theta=1.5, sigma=0.8), OU(1.5, 0.8)
+    n = 20000
+    dw = torch.randn(n, 256, dtype=DT, generator=torch.Generator().manual_seed(1)) / 16
+    x = p.solution(torch.ones(n, 1, dtype=DT), dw)
+    mean, std = ou.marginal(torch.ones(1, 1, dtype=DT), torch.tensor(1.0, dtype=DT))
+    assert abs(float(x.mean() - mean)) < 4 * float(std) / n**0.5
+    assert abs(float(x.var()) / float(std) ** 2 - 1) < 4 * (2 / n) ** 0.5
+
+
+# --- the new schemes everywhere Euler-Maruyama is ------------------------------------------------
+
+@pytest.mark.parametrize("sde", [VPSDE(0.1, 8.0), OU(1.2, 0.7)])
+def test_exponential_transition_is_exact_on_linear_processes(sde):
+    """Propagating mean and variance through the steps gives the closed-form marginal."""
+    sde = sde.to(DT)
+    grid = TimeGrid.power(7, 0.0, 1.0, 1.5, dtype=DT)
+    x0 = torch.tensor([[0.7]], dtype=DT)
+    mean, var = x0, torch.zeros_like(x0)
+    for t, dt in zip(grid.ts[:-1], grid.dts):
+        m1, std = ExponentialIntegrator().transition(sde, mean, t, dt)
+        ratio = m1 / mean
+        mean, var = m1, ratio**2 * var + std**2
+    m_exact, s_exact = sde.marginal(x0, grid.ts[-1])
+    torch.testing.assert_close(mean, m_exact)
+    torch.testing.assert_close(var, s_exact.expand_as(var) ** 2)
+
+
+def test_exponential_in_objective_and_sampler():
+    vp = VPSDE(0.1, 5.0).to(DT)
+    rev = ReverseSDE(vp, lambda x, t: -x, lam=1.0)
+    grid, prior = TimeGrid.uniform(8, 1e-3, 1.0, dtype=DT), StandardNormal((2,), dtype=DT)
+    terms = DiffFlowObjective(rev, prior, grid, discretizer=ExponentialIntegrator())(
+        torch.randn(6, 2, dtype=DT))
+    assert torch.isfinite(terms.nelbo).all() and terms.step_terms.shape == (6, 8)
+    x = sample(rev, prior, grid, (500,), discretizer=ExponentialIntegrator())
+    assert x.shape == (500, 2) and abs(float(x.var()) - 1) < 0.2  # N(0, I) stays N(0, I)
+    with pytest.raises(TypeError, match="LinearSDE"):
+        sample(ReverseSDE(ForwardSDE(lambda x, t: -x, 1.0), lambda x, t: -x), prior, grid,
+               (3,), discretizer=ExponentialIntegrator())
+
+
+def test_heun_samples_but_has_no_density():
+    fwd = ForwardSDE(lambda x, t: -x, 0.5)
+    grid, heun = TimeGrid.uniform(5, 0.0, 1.0), StochasticHeun()
+    p_f = ForwardTrajectory(torch.zeros(3, 2), fwd, grid, heun)
+    tau = p_f.rsample()
+    assert tau.shape == (3, 6, 2)
+    with pytest.raises(TypeError, match="Gaussian transition"):
+        p_f.log_prob(tau)
+    rev = ReverseSDE(fwd, lambda x, t: -x / 0.125)
+    assert sample(rev, StandardNormal((2,)), grid, (4,), discretizer=heun).shape == (4, 2)
+    with pytest.raises(TypeError, match="Gaussian transition"):
+        DiffFlowObjective(rev, StandardNormal((2,)), grid, discretizer=heun)
+    with pytest.raises(TypeError, match="Stratonovich"):
+        heun.step(GBM(0.1, 0.2), torch.ones(2, 1), torch.tensor(0.0), torch.tensor(0.1),
+                  torch.zeros(2, 1))
