@@ -16,6 +16,7 @@ from sdeflow.discretizers import Discretizer, EulerMaruyama
 from sdeflow.grids import TimeGrid
 from sdeflow.priors import resolve_prior
 from sdeflow.processes.base import SDE
+from sdeflow.processes.reverse import ReverseSDE
 
 __all__ = ["sample"]
 
@@ -69,18 +70,55 @@ def sample(
     lead = x_final.shape[: x_final.dim() - len(state)]
     x = x_final.reshape((-1,) + state)
     check_modules(x, [reverse], x_name="prior samples")
-    ts, dts = grid.ts.unbind(0), grid.dts.unbind(0)
     grad = torch.is_grad_enabled() and x.requires_grad
     xs = [x] if return_trajectory else None
     with torch.set_grad_enabled(grad):
-        for i in range(grid.n_steps - 1, -1, -1):
-            if i == 0 and denoise:
-                noise = torch.zeros_like(x)
-            else:
-                noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-            x = discretizer.step(reverse, x, ts[i + 1], -dts[i], noise)
-            if xs is not None:
-                xs.append(x)
+        g = (reverse.forward_sde.diffusion_scale(grid.ts)
+             if type(discretizer) is EulerMaruyama and isinstance(reverse, ReverseSDE) else None)
+        if g is not None:
+            x = _euler_reverse(reverse, grid, g, x, denoise, generator, xs)
+        else:
+            ts, dts = grid.ts.unbind(0), grid.dts.unbind(0)
+            for i in range(grid.n_steps - 1, -1, -1):
+                if i == 0 and denoise:
+                    noise = torch.zeros_like(x)
+                else:
+                    noise = torch.randn(x.shape, generator=generator, dtype=x.dtype,
+                                        device=x.device)
+                x = discretizer.step(reverse, x, ts[i + 1], -dts[i], noise)
+                if xs is not None:
+                    xs.append(x)
     if xs is not None:
         return torch.stack(xs[::-1], 1).reshape(lead + (grid.n_steps + 1,) + state)
     return x.reshape(lead + state)
+
+
+def _euler_reverse(reverse: ReverseSDE, grid: TimeGrid, g: Tensor, x: Tensor, denoise: bool,
+                   generator: torch.Generator | None, xs: list[Tensor] | None) -> Tensor:
+    r"""Euler–Maruyama down the grid with the per-step scalars computed once per call:
+
+    .. math:: x_i = x_{i+1} - f(x_{i+1}, t_{i+1})\,dt_i + c\,g_{i+1}^2 dt_i\, s(x_{i+1}, t_{i+1})
+        + \lambda g_{i+1}\sqrt{dt_i}\,\delta_i, \qquad c = \tfrac{1 + \lambda^2}{2},
+
+    the arithmetic of ``EulerMaruyama.step`` on :meth:`ReverseSDE.drift` (``g``: :math:`g(t_i)`
+    on the grid); the noise is drawn in the same order, so a generator gives the same samples.
+    """
+    forward_sde = reverse.forward_sde
+    ts, dts = grid.ts.unbind(0), grid.dts
+    c = 0.5 * (1.0 + reverse.lam**2)
+    # Python floats: one device sync per call instead of scalar tensor ops at every step.
+    dt = dts.tolist()
+    score_coef = (c * g[1:] ** 2 * dts).tolist()
+    noise_coef = (reverse.lam * g[1:] * dts.sqrt()).tolist()
+    for i in range(grid.n_steps - 1, -1, -1):
+        t = ts[i + 1]
+        f = forward_sde.drift(x, t)
+        s = reverse.score_value(x, t)
+        x_new = torch.add(x, f, alpha=-dt[i]).add_(s, alpha=score_coef[i])
+        if not (i == 0 and denoise) and noise_coef[i] != 0.0:
+            noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+            x_new = x_new.add_(noise, alpha=noise_coef[i])
+        x = x_new
+        if xs is not None:
+            xs.append(x)
+    return x

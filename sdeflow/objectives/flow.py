@@ -62,21 +62,25 @@ class FlowNLL(nn.Module):
         self.flow, self.prior, self.grid, self.max_dim = flow, prior, grid, max_dim
 
     def forward(self, x0: Tensor, grid: TimeGrid | None = None) -> FlowTerms:
-        grid = grid or self.grid
+        grid = self.grid if grid is None else grid
         if grid is None:
             raise ValueError("grid must be given, to the objective or to this call")
+        if not isinstance(grid, TimeGrid):
+            raise TypeError(f"grid must be a TimeGrid, got {type(grid).__name__}")
         prior = resolve_prior(self.prior)
         state = tuple(prior.event_shape)
         if x0.dim() != len(state) + 1 or tuple(x0.shape[1:]) != state:
-            raise ValueError(f"x0 must have shape (batch, *state) with state {state}, "
-                             f"got {tuple(x0.shape)}")
+            raise ValueError(f"x0 must have shape (batch, *state) with state {state} (the prior's "
+                             f"event_shape), got {tuple(x0.shape)}")
+        if x0.shape[0] == 0:
+            raise ValueError("x0 must hold at least one sample, got an empty batch")
         d = x0[0].numel()
         if d > self.max_dim:
             raise ValueError(f"state has {d} elements > max_dim={self.max_dim}; the exact "
                              "Jacobian is too costly, use sdeflow.likelihood.ode_log_likelihood")
         check_finite("x0", x0)
         check_same_device_dtype("grid.ts", grid.ts, "x0", x0)
-        check_modules(x0, [self.flow])
+        check_modules(x0, [self.flow, self.prior])
         eye = torch.eye(d, dtype=x0.dtype, device=x0.device)
         x, log_dets = x0, []
         for t, dt in zip(grid.ts[:-1].unbind(0), grid.dts.unbind(0)):
