@@ -19,6 +19,7 @@ from sdeflow import ConstantSchedule, LinearSchedule, TimeGrid
 # The tests use tiny tensors: intra-op threads only add overhead, and CI runs two pytest workers
 # on two cores (pytest -n 2), so one thread per worker.
 torch.set_num_threads(int(os.environ.get("SDEFLOW_TEST_THREADS", "1")))
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # inherited by the subprocess tests (CLI, DDP)
 
 # -- Hypothesis profiles -------------------------------------------------------------------------
 # "ci": reproducible (derandomized) and sized for a few-minute suite; "dev": more, random examples.
