@@ -17,6 +17,12 @@ from sdeflow.discretizers import (
 )
 from sdeflow.gradients import Backprop, GradientStrategy
 from sdeflow.grids import TimeGrid
+from sdeflow.likelihood import (
+    LikelihoodResult,
+    bits_per_dim,
+    elbo_bits_per_dim,
+    ode_log_likelihood,
+)
 from sdeflow.objectives import (
     DenoisingScoreMatching,
     DiffFlowObjective,
@@ -61,6 +67,7 @@ __all__ = [
     "ForwardSDE",
     "ForwardTrajectory",
     "GradientStrategy",
+    "LikelihoodResult",
     "LinearSDE",
     "LinearSchedule",
     "ReverseSDE",
@@ -70,6 +77,9 @@ __all__ = [
     "SubVPSDE",
     "TimeGrid",
     "as_schedule",
+    "bits_per_dim",
+    "elbo_bits_per_dim",
+    "ode_log_likelihood",
     "probability_flow",
     "register_discretizer",
     "sample",
