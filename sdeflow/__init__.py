@@ -15,7 +15,7 @@ from sdeflow.discretizers import (
     StochasticHeun,
     register_discretizer,
 )
-from sdeflow.gradients import Backprop, GradientStrategy
+from sdeflow.gradients import Backprop, Checkpointed, GradientStrategy, StochasticAdjoint
 from sdeflow.grids import TimeGrid
 from sdeflow.likelihood import (
     LikelihoodResult,
@@ -54,6 +54,7 @@ __all__ = [
     "VPSDE",
     "Backprop",
     "BackwardTrajectory",
+    "Checkpointed",
     "ConstantSchedule",
     "DenoisingScoreMatching",
     "DiagonalNormal",
@@ -73,6 +74,7 @@ __all__ = [
     "ReverseSDE",
     "Schedule",
     "StandardNormal",
+    "StochasticAdjoint",
     "StochasticHeun",
     "SubVPSDE",
     "TimeGrid",

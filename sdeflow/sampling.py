@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
-from sdeflow._checks import check_modules, check_same_device_dtype
+from sdeflow._checks import check_finite, check_modules, check_same_device_dtype
 from sdeflow.discretizers import Discretizer, EulerMaruyama
 from sdeflow.grids import TimeGrid
 from sdeflow.priors import resolve_prior
@@ -66,6 +66,8 @@ def sample(
     elif tuple(x_final.shape[x_final.dim() - len(state):]) != state:
         raise ValueError(f"x_final must end in the prior's event_shape {state}, "
                          f"got {tuple(x_final.shape)}")
+    else:
+        check_finite("x_final", x_final)
     check_same_device_dtype("grid.ts", grid.ts, "prior samples", x_final)
     lead = x_final.shape[: x_final.dim() - len(state)]
     x = x_final.reshape((-1,) + state)
