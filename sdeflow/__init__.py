@@ -43,11 +43,27 @@ from sdeflow.processes import (
 )
 from sdeflow.sampling import sample
 from sdeflow.schedules import ConstantSchedule, LinearSchedule, Schedule, as_schedule
+from sdeflow.training import (
+    EMA,
+    DiffFlowModel,
+    FlowModel,
+    ProgressiveSteps,
+    ScoreModel,
+    TensorBatches,
+    Trainer,
+)
 from sdeflow.trajectories import BackwardTrajectory, ForwardTrajectory
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "EMA",
+    "DiffFlowModel",
+    "FlowModel",
+    "ProgressiveSteps",
+    "ScoreModel",
+    "TensorBatches",
+    "Trainer",
     "DISCRETIZERS",
     "SDE",
     "VESDE",

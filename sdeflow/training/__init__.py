@@ -1,0 +1,32 @@
+r"""Training: the :class:`Trainer` loop, the model families it trains, and its parts
+(EMA weights, atomic checkpoints, batch sources, a progressive number of time steps)."""
+
+from sdeflow.training.batches import BatchSource, TensorBatches
+from sdeflow.training.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    save_checkpoint,
+    verify_checkpoint,
+)
+from sdeflow.training.ema import EMA
+from sdeflow.training.models import DiffFlowModel, FlowModel, GenerativeModel, ScoreModel
+from sdeflow.training.progressive import ProgressiveSteps
+from sdeflow.training.trainer import NonFiniteError, Trainer, select_device
+
+__all__ = [
+    "BatchSource",
+    "CheckpointError",
+    "DiffFlowModel",
+    "EMA",
+    "FlowModel",
+    "GenerativeModel",
+    "NonFiniteError",
+    "ProgressiveSteps",
+    "ScoreModel",
+    "TensorBatches",
+    "Trainer",
+    "load_checkpoint",
+    "save_checkpoint",
+    "select_device",
+    "verify_checkpoint",
+]

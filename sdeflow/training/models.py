@@ -1,0 +1,367 @@
+r"""The three model families, assembled from the core parts behind one interface.
+
+The :class:`~sdeflow.training.Trainer` needs only :meth:`GenerativeModel.loss`; evaluation uses
+:meth:`~GenerativeModel.sample`, :meth:`~GenerativeModel.log_likelihood` (exact, through an
+ODE: :func:`sdeflow.likelihood.ode_log_likelihood`) and :meth:`~GenerativeModel.nelbo`.
+
+==================  =========================================  ===============================
+family              training objective                         :meth:`nelbo`
+==================  =========================================  ===============================
+:class:`DiffFlowModel`  trajectory KL on a random grid (DiffFlow)  trajectory negative ELBO
+:class:`ScoreModel`     denoising score matching (VP/VE SDE)       trajectory negative ELBO
+:class:`FlowModel`      exact NLL of the Euler flow (:math:`g=0`)  exact NLL of the Euler flow
+==================  =========================================  ===============================
+
+All three report the exact NLL of their continuous-time model through the probability-flow ODE
+:math:`dx = [f - \tfrac12 g^2 s]\,dt` (:math:`g = 0` for the flow).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torchdiffeq import odeint
+
+from sdeflow.discretizers import Discretizer
+from sdeflow.grids import TimeGrid
+from sdeflow.likelihood import ode_log_likelihood
+from sdeflow.objectives import DenoisingScoreMatching, DiffFlowObjective, FlowNLL
+from sdeflow.priors import StandardNormal
+from sdeflow.processes import ForwardSDE, LinearSDE, ReverseSDE, probability_flow
+from sdeflow.sampling import sample
+from sdeflow.schedules import Schedule
+from sdeflow.training.progressive import ProgressiveSteps
+
+__all__ = ["GenerativeModel", "DiffFlowModel", "ScoreModel", "FlowModel"]
+
+GridSpec = TimeGrid | Callable[[int], TimeGrid]
+
+
+class GenerativeModel(nn.Module):
+    """The interface every model family implements for the trainer and the evaluation."""
+
+    #: What :meth:`nelbo` computes (written to metrics).
+    nelbo_kind: str = "negative ELBO"
+
+    def loss(self, batch: Tensor, step: int) -> tuple[Tensor, dict[str, float]]:
+        """``(scalar loss to minimize, dict of floats to log)`` for one training batch."""
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def sample(self, n: int) -> Tensor:
+        """``n`` samples, ``(n, *state)`` (no autograd)."""
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def log_likelihood(self, x: Tensor, **ode_kwargs: Any) -> Tensor:
+        """Exact :math:`\\log p(x)` per sample, ``(B,)``, nats, through the model's ODE."""
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def nelbo(self, x: Tensor) -> Tensor:
+        """Per-sample bound (see :attr:`nelbo_kind`), ``(B,)``, nats."""
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    @property
+    def state_shape(self) -> tuple[int, ...]:
+        return tuple(self.prior().event_shape)
+
+    def plot(self, path: str | Path, *, n: int = 2000, data: Tensor | None = None,
+             title: str | None = None) -> None:
+        """Write a picture of ``n`` samples to ``path``: a scatter plot beside ``data`` for 2D
+        states, an image grid for ``(C, H, W)`` states (the trainer's periodic plot hook)."""
+        from sdeflow import plotting  # matplotlib only when plotting
+
+        samples = self.sample(n).float().cpu()
+        if len(self.state_shape) == 1 and self.state_shape[0] == 2:
+            plotting.plot_samples_2d(samples, path, data=data, title=title)
+        elif len(self.state_shape) == 3:
+            plotting.save_image_grid(samples, path, nrow=int(math.sqrt(n)) or 1)
+        else:
+            raise ValueError(f"plot supports 2D points and (C, H, W) images, got state shape "
+                             f"{self.state_shape}")
+
+
+def _check_grid(grid: GridSpec, progressive: ProgressiveSteps | None) -> TimeGrid:
+    """The evaluation grid (``n_end`` steps when progressive) from a grid or grid factory."""
+    if progressive is not None and not isinstance(progressive, ProgressiveSteps):
+        raise TypeError(f"progressive must be a ProgressiveSteps, got "
+                        f"{type(progressive).__name__}")
+    if isinstance(grid, TimeGrid):
+        if progressive is not None:
+            raise ValueError("grid must be a factory n -> TimeGrid (e.g. functools.partial("
+                             "TimeGrid.power, t0=1e-3, t1=0.05, exponent=0.9)) to use a "
+                             "progressive number of steps")
+        return grid
+    if not callable(grid):
+        raise TypeError(f"grid must be a TimeGrid or a callable n -> TimeGrid, got "
+                        f"{type(grid).__name__}")
+    if progressive is None:
+        raise ValueError("a grid factory needs progressive=ProgressiveSteps(...); pass a "
+                         "TimeGrid for a fixed number of steps")
+    built = grid(progressive.n_end)
+    if not isinstance(built, TimeGrid):
+        raise TypeError(f"grid(n) must return a TimeGrid, got {type(built).__name__}")
+    return built
+
+
+class _GridMixin:
+    """Training grid at each step: the base grid (or ``grid_fn(N(step))``), jittered."""
+
+    grid_ts: Tensor
+
+    def _setup_grid(self, grid: GridSpec, progressive: ProgressiveSteps | None,
+                    jitter: bool) -> None:
+        base = _check_grid(grid, progressive)
+        self.register_buffer("grid_ts", base.ts.clone())
+        self._grid_fn = None if isinstance(grid, TimeGrid) else grid
+        self.progressive, self.jitter = progressive, bool(jitter)
+
+    @property
+    def grid(self) -> TimeGrid:
+        """The evaluation grid (the base grid; ``n_end`` steps with a progressive schedule)."""
+        return TimeGrid(self.grid_ts)
+
+    def training_grid(self, step: int) -> TimeGrid:
+        """The grid of training step ``step``: ``N(step)`` steps, jittered if ``jitter``."""
+        if self.progressive is None:
+            grid = self.grid
+        else:
+            ts = self._grid_fn(self.progressive(step)).ts
+            grid = TimeGrid(ts.to(dtype=self.grid_ts.dtype, device=self.grid_ts.device))
+        # the random grid draws from the global RNG, which the trainer checkpoints
+        return grid.jitter() if self.jitter else grid
+
+
+class DiffFlowModel(_GridMixin, GenerativeModel):
+    r"""DiffFlow: a trainable forward drift and score, trained on the trajectory KL.
+
+    Built from :class:`~sdeflow.processes.ForwardSDE` (:math:`dx = f\,dt + g\,dw`),
+    :class:`~sdeflow.processes.ReverseSDE` (:math:`\lambda = 1`), a prior and
+    :class:`~sdeflow.objectives.DiffFlowObjective`. Each training step draws the paper's random
+    grid (:meth:`TimeGrid.jitter`) and, with ``progressive``, grows the number of steps.
+
+    Arguments:
+        drift_net: :math:`f(x, t)`.
+        score_net: :math:`s(x, t)`.
+        diffusion: :math:`g(t)` (a number or a :class:`~sdeflow.schedules.Schedule`), > 0.
+        grid: A :class:`TimeGrid`, or with ``progressive`` a factory ``n -> TimeGrid``.
+        prior: :math:`p_{prior}(x_N)`, a prior module (e.g. ``StandardNormal((2,))``).
+        jitter: Train on the jittered grid.
+        progressive: A :class:`ProgressiveSteps` schedule of :math:`N`.
+        discretizer: The Gaussian step scheme (Euler–Maruyama by default).
+        sample_grid: Grid for :meth:`sample` (default: the evaluation grid).
+
+    References:
+        Diffusion Normalizing Flow (Zhang & Chen, 2021), https://arxiv.org/abs/2110.07579
+
+    Example:
+        >>> import torch
+        >>> from sdeflow import StandardNormal, TimeGrid
+        >>> from sdeflow.nets import FourierMLP
+        >>> model = DiffFlowModel(FourierMLP(2, 16, 1), FourierMLP(2, 16, 1), 0.2,
+        ...                       TimeGrid.power(10, 1e-3, 0.05, 0.9), StandardNormal((2,)))
+        >>> loss, info = model.loss(torch.randn(8, 2), step=1)
+        >>> loss.shape, sorted(info), model.sample(3).shape
+        (torch.Size([]), ['n_steps', 'nelbo'], torch.Size([3, 2]))
+    """
+
+    nelbo_kind = "trajectory negative ELBO (Euler-Maruyama, evaluation grid)"
+
+    def __init__(
+        self,
+        drift_net: nn.Module,
+        score_net: nn.Module,
+        diffusion: float | Schedule,
+        grid: GridSpec,
+        prior: nn.Module,
+        *,
+        jitter: bool = True,
+        progressive: ProgressiveSteps | None = None,
+        discretizer: Discretizer | None = None,
+        sample_grid: TimeGrid | None = None,
+    ) -> None:
+        super().__init__()
+        self.drift_net, self.score_net, self.prior = drift_net, score_net, prior
+        self.forward_sde = ForwardSDE(drift_net, diffusion)
+        if self.forward_sde.is_flow():
+            raise ValueError("diffusion must be > 0 for DiffFlow; use FlowModel for g = 0")
+        self.reverse = ReverseSDE(self.forward_sde, score_net, lam=1.0)
+        self.objective = DiffFlowObjective(self.reverse, prior, discretizer=discretizer)
+        self._setup_grid(grid, progressive, jitter)
+        self.sample_grid_ts: Tensor | None
+        self.register_buffer("sample_grid_ts", None if sample_grid is None else sample_grid.ts)
+
+    def loss(self, batch: Tensor, step: int) -> tuple[Tensor, dict[str, float]]:
+        grid = self.training_grid(step)
+        terms = self.objective(batch, grid)
+        return terms.loss, {"nelbo": float(terms.loss.detach()), "n_steps": grid.n_steps}
+
+    @torch.no_grad()
+    def sample(self, n: int, *, lam: float = 1.0, grid: TimeGrid | None = None) -> Tensor:
+        """``n`` samples by the reverse family with noise scale ``lam`` (1: the reverse SDE,
+        0: the probability-flow ODE by Euler steps), last step noise-free."""
+        if grid is None:
+            grid = self.grid if self.sample_grid_ts is None else TimeGrid(self.sample_grid_ts)
+        return sample(self.reverse.with_lam(lam), self.prior, grid, (n,),
+                      discretizer=self.objective.discretizer)
+
+    def log_likelihood(self, x: Tensor, **ode_kwargs: Any) -> Tensor:
+        grid = self.grid
+        ode = probability_flow(self.forward_sde, self.score_net)
+        return ode_log_likelihood(ode, x, self.prior, t0=grid.t0, t1=grid.t1,
+                                  **ode_kwargs).log_prob
+
+    @torch.no_grad()
+    def nelbo(self, x: Tensor) -> Tensor:
+        """Trajectory negative ELBO on the evaluation grid (one forward trajectory per point)."""
+        return self.objective(x, self.grid).nelbo
+
+
+class ScoreModel(GenerativeModel):
+    r"""Score-based diffusion: a score network trained by denoising score matching under a
+    fixed linear SDE (VP by default), sampled with the reverse SDE (:math:`\lambda = 1`).
+
+    Arguments:
+        score_net: :math:`s(x, t)` (called with per-sample times in training).
+        sde: A :class:`~sdeflow.processes.LinearSDE` (VP, sub-VP, VE).
+        state_shape: Shape of one state, e.g. ``(2,)``.
+        eps: Smallest time: DSM draws :math:`t \sim U(\epsilon, T)`; sampling stops and the
+            likelihood is measured at :math:`\epsilon`.
+        weighting: DSM weighting, ``"sigma2"`` or ``"likelihood"``.
+        sample_steps: Euler–Maruyama steps of :meth:`sample`.
+        elbo_steps: Steps of the trajectory ELBO of :meth:`nelbo`.
+
+    References:
+        Score-Based Generative Modeling through SDEs (Song et al., 2021),
+        https://arxiv.org/abs/2011.13456
+
+    Example:
+        >>> import torch
+        >>> from sdeflow import VPSDE
+        >>> from sdeflow.nets import FourierMLP
+        >>> model = ScoreModel(FourierMLP(2, 16, 1), VPSDE(), (2,), sample_steps=10)
+        >>> loss, info = model.loss(torch.randn(8, 2), step=1)
+        >>> model.sample(4).shape
+        torch.Size([4, 2])
+    """
+
+    nelbo_kind = "trajectory negative ELBO (Euler-Maruyama, uniform grid)"
+
+    def __init__(
+        self,
+        score_net: nn.Module,
+        sde: LinearSDE,
+        state_shape: tuple[int, ...],
+        *,
+        eps: float = 1e-3,
+        weighting: str = "sigma2",
+        sample_steps: int = 500,
+        elbo_steps: int = 200,
+    ) -> None:
+        super().__init__()
+        self.score_net, self.sde, self.eps = score_net, sde, float(eps)
+        self.dsm = DenoisingScoreMatching(sde, score_net, eps=eps, weighting=weighting)
+        self.prior = StandardNormal(tuple(state_shape), scale=sde.prior_std())
+        self.reverse = ReverseSDE(sde, score_net, lam=1.0)
+        self.sample_steps, self.elbo_steps = int(sample_steps), int(elbo_steps)
+        self.elbo_objective = DiffFlowObjective(self.reverse, self.prior)
+
+    def _grid(self, n: int) -> TimeGrid:
+        ref = self.prior.loc
+        return TimeGrid.uniform(n, self.eps, self.sde.T, dtype=ref.dtype, device=ref.device)
+
+    def loss(self, batch: Tensor, step: int) -> tuple[Tensor, dict[str, float]]:
+        loss = self.dsm(batch).mean()
+        return loss, {"dsm": float(loss.detach())}
+
+    @torch.no_grad()
+    def sample(self, n: int, *, lam: float = 1.0, steps: int | None = None) -> Tensor:
+        grid = self._grid(steps or self.sample_steps)
+        return sample(self.reverse.with_lam(lam), self.prior, grid, (n,))
+
+    def log_likelihood(self, x: Tensor, **ode_kwargs: Any) -> Tensor:
+        ode = probability_flow(self.sde, self.score_net)
+        return ode_log_likelihood(ode, x, self.prior, t0=self.eps, t1=self.sde.T,
+                                  **ode_kwargs).log_prob
+
+    @torch.no_grad()
+    def nelbo(self, x: Tensor) -> Tensor:
+        """Negative ELBO of the Euler–Maruyama backward chain on ``elbo_steps`` uniform steps
+        (the same trajectory bound DiffFlow trains, with the forward process fixed)."""
+        return self.elbo_objective(x, self._grid(self.elbo_steps)).nelbo
+
+
+class FlowModel(_GridMixin, GenerativeModel):
+    r"""The normalizing flow DiffFlow becomes as :math:`g \to 0`: ``ForwardSDE(drift, 0.0)``
+    trained on the exact NLL of its Euler steps (:class:`~sdeflow.objectives.FlowNLL`).
+
+    Sampling integrates the ODE :math:`dx = f\,dt` backward from the prior with an adaptive
+    solver (the continuous flow whose exact NLL :meth:`log_likelihood` reports).
+
+    Arguments:
+        drift_net: :math:`f(x, t)`.
+        grid: A :class:`TimeGrid`, or with ``progressive`` a factory ``n -> TimeGrid``.
+        prior: :math:`p_{prior}(x_N)` as a prior module.
+        jitter: Train on the jittered grid.
+        progressive: A :class:`ProgressiveSteps` schedule of :math:`N`.
+
+    Example:
+        >>> import torch
+        >>> from sdeflow import StandardNormal, TimeGrid
+        >>> from sdeflow.nets import FourierMLP
+        >>> model = FlowModel(FourierMLP(2, 16, 1), TimeGrid.power(10, 1e-3, 0.05, 0.9),
+        ...                   StandardNormal((2,)))
+        >>> loss, _ = model.loss(torch.randn(8, 2), step=1)
+        >>> model.sample(3).shape
+        torch.Size([3, 2])
+    """
+
+    nelbo_kind = "exact NLL of the Euler flow on the evaluation grid"
+
+    def __init__(
+        self,
+        drift_net: nn.Module,
+        grid: GridSpec,
+        prior: nn.Module,
+        *,
+        jitter: bool = True,
+        progressive: ProgressiveSteps | None = None,
+        rtol: float = 1e-5,
+        atol: float = 1e-5,
+    ) -> None:
+        super().__init__()
+        self.drift_net, self.prior = drift_net, prior
+        self.flow = ForwardSDE(drift_net, 0.0)
+        self.objective = FlowNLL(self.flow, prior)
+        self._setup_grid(grid, progressive, jitter)
+        self.rtol, self.atol = rtol, atol
+
+    def loss(self, batch: Tensor, step: int) -> tuple[Tensor, dict[str, float]]:
+        grid = self.training_grid(step)
+        terms = self.objective(batch, grid)
+        return terms.loss, {"nll": float(terms.loss.detach()), "n_steps": grid.n_steps}
+
+    @torch.no_grad()
+    def sample(self, n: int) -> Tensor:
+        prior = self.prior()
+        x_final = prior.sample((n,))
+        grid = self.grid
+        ts = torch.tensor([grid.t1, grid.t0], dtype=x_final.dtype, device=x_final.device)
+        xs = odeint(lambda t, x: self.flow.drift(x, t), x_final, ts, rtol=self.rtol,
+                    atol=self.atol)
+        return xs[-1]
+
+    def log_likelihood(self, x: Tensor, **ode_kwargs: Any) -> Tensor:
+        grid = self.grid
+        return ode_log_likelihood(self.flow, x, self.prior, t0=grid.t0, t1=grid.t1,
+                                  **ode_kwargs).log_prob
+
+    @torch.no_grad()
+    def nelbo(self, x: Tensor) -> Tensor:
+        """Exact NLL of the Euler flow on the evaluation grid (the training objective)."""
+        with torch.enable_grad():  # the Jacobians need autograd
+            return self.objective(x, self.grid).nll.detach()
+

@@ -1,0 +1,443 @@
+r"""One training loop for every model family.
+
+Each step draws a batch, computes ``model.loss(batch, step)`` (under bf16 autocast on CUDA when
+``mixed_precision``), backpropagates, clips the gradient norm, steps the optimizer and the LR
+schedule, and updates the EMA weights that evaluation and sampling use. Around it: tqdm
+progress, JSONL metrics, periodic sample plots, and atomic checkpoints that a run resumes from
+exactly (model, EMA, optimizer, schedule, step, batch source and every RNG state), so that on the
+CPU a resumed run equals an uninterrupted one bit for bit.
+
+Non-finite losses or gradients stop training (``on_nonfinite="stop"``) with an error naming the
+step and the last good checkpoint, which is left untouched, or skip the step (``"skip"``).
+
+Multi-process training is prepared for, not implemented: the trainer has a ``rank`` and a
+``world_size``, logs, plots and checkpoints on rank 0 only, and takes its batches from a
+:class:`~sdeflow.training.batches.BatchSource` that can be sharded by rank.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from sdeflow.training.batches import BatchSource
+from sdeflow.training.checkpoint import load_checkpoint, save_checkpoint
+from sdeflow.training.ema import EMA
+
+__all__ = ["Trainer", "NonFiniteError", "get_rng_state", "set_rng_state", "select_device"]
+
+_NONFINITE = ("stop", "skip")
+CHECKPOINT_FORMAT = 1
+
+
+class NonFiniteError(FloatingPointError):
+    """Training met a NaN or infinite loss or gradient (``on_nonfinite="stop"``)."""
+
+
+def select_device(device: str | torch.device | None = None) -> torch.device:
+    """``device``, or CUDA when available, else the CPU."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device} requested but CUDA is not available")
+    return device
+
+
+def get_rng_state() -> dict[str, Any]:
+    """Every global RNG state (torch CPU and CUDA, numpy, python) as checkpointable values."""
+    # the legacy global numpy RNG is the one user code seeds with np.random.seed
+    key, pos, has_gauss, cached = np.random.get_state()[1:]  # noqa: NPY002
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {"key": torch.from_numpy(key.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "python": random.getstate(),
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore the states saved by :func:`get_rng_state`."""
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    np_state = state["numpy"]
+    key = np_state["key"].numpy().astype(np.uint32)
+    legacy = ("MT19937", key, np_state["pos"], np_state["has_gauss"], np_state["cached_gaussian"])
+    np.random.set_state(legacy)  # noqa: NPY002
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+class Trainer:
+    r"""Trains ``model`` (anything with ``loss(batch, step) -> (loss, dict)``) on ``data``.
+
+    Arguments:
+        model: A module with ``loss(batch, step)``; see :mod:`sdeflow.training.models`.
+        data: A :class:`~sdeflow.training.batches.BatchSource` (e.g. ``TensorBatches``).
+        steps: Total number of optimizer steps.
+        lr: Learning rate of the default Adam optimizer.
+        optimizer: Factory ``params -> Optimizer`` (default Adam(lr)).
+        scheduler: Factory ``optimizer -> LR scheduler`` stepped once per step (default
+            ``StepLR(lr_step_size, lr_gamma)``).
+        lr_gamma: Decay factor of the default StepLR (0.95 as in DiffFlow).
+        lr_step_size: Steps between decays (default ``steps // 30``: DiffFlow's 30 epochs).
+        grad_clip: Max gradient norm (``None``: no clipping; the norm is still checked).
+        ema_decay: EMA decay (``None``: evaluate the trained weights).
+        ema_warmup: Warm the EMA decay up as :math:`\min(\beta, (1+k)/(10+k))`.
+        mixed_precision: bf16 autocast of the loss on CUDA (ignored on the CPU).
+        device: Device (default CUDA when present, else CPU); the model is moved there.
+        out_dir: Folder of ``metrics.jsonl``, plots and the checkpoint (``None``: nothing is
+            written, no checkpoints).
+        checkpoint_every: Steps between checkpoints (a final one is always written).
+        checkpoint_name: File name of the checkpoint inside ``out_dir``.
+        log_every: Steps between metric records.
+        plot_every: Steps between sample plots (``None``: none).
+        plot_fn: ``plot_fn(eval_model, path)`` (default ``eval_model.plot(path)``).
+        on_nonfinite: ``"stop"`` (raise :class:`NonFiniteError`) or ``"skip"`` the step.
+        max_consecutive_skips: Stop anyway after this many skipped steps in a row.
+        progress: Show a tqdm progress bar.
+        callbacks: ``callback(trainer, step, record)`` after every step.
+        config: JSON-serializable run configuration stored in checkpoints.
+        rank, world_size: Process rank and count (logging and checkpoints on rank 0).
+
+    Example:
+        >>> import torch
+        >>> from sdeflow.training.batches import TensorBatches
+        >>> class Mean(torch.nn.Module):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.mu = torch.nn.Parameter(torch.zeros(2))
+        ...     def loss(self, batch, step):
+        ...         loss = (batch - self.mu).pow(2).sum(-1).mean()
+        ...         return loss, {}
+        >>> data = TensorBatches(torch.randn(64, 2) + 3, batch_size=16)
+        >>> trainer = Trainer(Mean(), data, steps=200, lr=0.1, progress=False)
+        >>> _ = trainer.fit()
+        >>> bool((trainer.eval_model.mu - 3).abs().max() < 0.5)
+        True
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        data: BatchSource,
+        *,
+        steps: int,
+        lr: float = 1e-3,
+        optimizer: Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer] | None = None,
+        scheduler: Callable[[torch.optim.Optimizer], Any] | None = None,
+        lr_gamma: float = 0.95,
+        lr_step_size: int | None = None,
+        grad_clip: float | None = 1.0,
+        ema_decay: float | None = 0.999,
+        ema_warmup: bool = True,
+        mixed_precision: bool = False,
+        device: str | torch.device | None = None,
+        out_dir: str | os.PathLike | None = None,
+        checkpoint_every: int | None = None,
+        checkpoint_name: str = "checkpoint.pt",
+        log_every: int = 10,
+        plot_every: int | None = None,
+        plot_fn: Callable[[nn.Module, Path], None] | None = None,
+        on_nonfinite: str = "stop",
+        max_consecutive_skips: int = 20,
+        progress: bool = True,
+        callbacks: Sequence[Callable[[Trainer, int, dict], None]] = (),
+        config: dict[str, Any] | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        if not callable(getattr(model, "loss", None)):
+            raise TypeError(f"model must have a loss(batch, step) method, got "
+                            f"{type(model).__name__}")
+        if not isinstance(data, BatchSource):
+            raise TypeError(f"data must be a BatchSource (next_batch, state_dict, "
+                            f"load_state_dict), got {type(data).__name__}")
+        _check_int("steps", steps, 1)
+        _check_int("log_every", log_every, 1)
+        for name, value in (("checkpoint_every", checkpoint_every), ("plot_every", plot_every),
+                            ("lr_step_size", lr_step_size)):
+            if value is not None:
+                _check_int(name, value, 1)
+        if on_nonfinite not in _NONFINITE:
+            raise ValueError(f"on_nonfinite must be one of {_NONFINITE}, got {on_nonfinite!r}")
+        if grad_clip is not None and not grad_clip > 0:
+            raise ValueError(f"grad_clip must be > 0 or None, got {grad_clip}")
+        if not (0 <= rank < world_size):
+            raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, "
+                             f"world_size={world_size}")
+        self.device = select_device(device)
+        self.model = model.to(self.device)
+        self.data, self.steps = data, steps
+        self.rank, self.world_size = rank, world_size
+        self.grad_clip, self.on_nonfinite = grad_clip, on_nonfinite
+        self.max_consecutive_skips = max_consecutive_skips
+        self.amp = bool(mixed_precision) and self.device.type == "cuda"
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = (optimizer or (lambda ps: torch.optim.Adam(ps, lr=lr)))(self.params)
+        if scheduler is None:
+            step_size = lr_step_size or max(1, steps // 30)
+            self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size, lr_gamma)
+        else:
+            self.scheduler = scheduler(self.optimizer)
+        self.ema = None if ema_decay is None else EMA(self.model, ema_decay, warmup=ema_warmup)
+        self.out_dir = None if out_dir is None else Path(out_dir)
+        self.checkpoint_every, self.log_every = checkpoint_every, log_every
+        self.checkpoint_path = None if self.out_dir is None else self.out_dir / checkpoint_name
+        self.plot_every, self.plot_fn = plot_every, plot_fn
+        self.progress, self.callbacks = progress, list(callbacks)
+        self.config = dict(config or {})
+        self.step = 0
+        self.skipped = 0
+        self.train_time = 0.0
+        self.last_loss = math.nan
+        self.last_checkpoint: tuple[Path, int] | None = None
+
+    # -- roles ---------------------------------------------------------------------------------
+    @property
+    def is_main(self) -> bool:
+        """Whether this process logs, plots and writes checkpoints (rank 0)."""
+        return self.rank == 0
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """The model to evaluate and sample: the EMA weights (the trained ones without EMA)."""
+        return self.model if self.ema is None else self.ema.module
+
+    @property
+    def metrics_path(self) -> Path | None:
+        return None if self.out_dir is None else self.out_dir / "metrics.jsonl"
+
+    # -- state ---------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resumed run needs (see the module docstring)."""
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "ema": None if self.ema is None else self.ema.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "data": self.data.state_dict(),
+            "rng": get_rng_state(),
+            "skipped": self.skipped,
+            "train_time": self.train_time,
+            "last_loss": self.last_loss,
+            "config": json.loads(json.dumps(self.config)),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"checkpoint format {state.get('format')!r} is not "
+                             f"{CHECKPOINT_FORMAT}")
+        self.model.load_state_dict(state["model"])
+        if self.ema is not None:
+            if state["ema"] is None:
+                raise ValueError("the checkpoint has no EMA weights but this trainer uses EMA")
+            self.ema.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.data.load_state_dict(state["data"])
+        set_rng_state(state["rng"])
+        self.step, self.skipped = int(state["step"]), int(state["skipped"])
+        self.train_time, self.last_loss = float(state["train_time"]), float(state["last_loss"])
+
+    def save_checkpoint(self, path: str | os.PathLike | None = None) -> Path:
+        """Write the state atomically to ``path`` (default the run's checkpoint)."""
+        path = Path(path) if path is not None else self.checkpoint_path
+        if path is None:
+            raise ValueError("path must be given when the trainer has no out_dir")
+        save_checkpoint(self.state_dict(), path)
+        self.last_checkpoint = (path, self.step)
+        return path
+
+    def load_checkpoint(self, path: str | os.PathLike | None = None) -> None:
+        """Verify and load a checkpoint (raises ``CheckpointError`` naming a bad file)."""
+        path = Path(path) if path is not None else self.checkpoint_path
+        if path is None:
+            raise ValueError("path must be given when the trainer has no out_dir")
+        # on the CPU: RNG states must stay CPU tensors; load_state_dict moves the weights
+        self.load_state_dict(load_checkpoint(path, map_location="cpu"))
+        self.last_checkpoint = (path, self.step)
+
+    # -- the loop ------------------------------------------------------------------------------
+    def fit(self, *, resume: bool | str | os.PathLike = False) -> Trainer:
+        r"""Train up to ``steps`` steps.
+
+        Arguments:
+            resume: ``True`` continues from the run's checkpoint when it exists (a missing one
+                starts afresh; a corrupt one raises), or a path to a checkpoint to continue from.
+        """
+        if resume:
+            path = self.checkpoint_path if resume is True else Path(resume)
+            if path is None:
+                raise ValueError("resume=True needs an out_dir (or pass a checkpoint path)")
+            if path.exists():
+                self.load_checkpoint(path)
+                self._truncate_metrics()
+                self._log({"event": "resume", "step": self.step, "checkpoint": str(path)})
+        if self.step >= self.steps:
+            return self
+        show = self.progress and self.is_main
+        bar = tqdm(total=self.steps, initial=self.step, disable=not show, dynamic_ncols=True,
+                   desc="train")
+        consecutive_skips = 0
+        try:
+            while self.step < self.steps:
+                started = time.perf_counter()
+                step = self.step + 1
+                record = self._train_step(step)
+                self.step = step
+                self.train_time += time.perf_counter() - started
+                if record.get("skipped"):
+                    consecutive_skips += 1
+                    self.skipped += 1
+                    if consecutive_skips > self.max_consecutive_skips:
+                        self._stop_nonfinite(step, f"{consecutive_skips} consecutive non-finite "
+                                                   "steps skipped")
+                else:
+                    consecutive_skips = 0
+                    self.last_loss = record["loss"]
+                bar.update(1)
+                if step % self.log_every == 0 or step == self.steps or record.get("skipped"):
+                    record["time_s"] = round(self.train_time, 4)
+                    self._log(record)
+                    bar.set_postfix(loss=f"{self.last_loss:.4g}")
+                if self.plot_every and step % self.plot_every == 0:
+                    self.plot(step)
+                if self.checkpoint_path is not None and (
+                    step == self.steps or (self.checkpoint_every and
+                                           step % self.checkpoint_every == 0)
+                ):
+                    self._save_on_main()
+                for callback in self.callbacks:  # last: they see this step's checkpoint
+                    callback(self, step, record)
+        finally:
+            bar.close()
+        return self
+
+    def _train_step(self, step: int) -> dict[str, Any]:
+        self.model.train()
+        batch = self.data.next_batch().to(self.device, non_blocking=True)
+        autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if self.amp
+                    else contextlib.nullcontext())
+        with autocast:
+            loss, info = self.model.loss(batch, step)
+        loss = loss.float()
+        if not torch.isfinite(loss):
+            return self._nonfinite(step, f"non-finite loss ({float(loss.detach())})")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        max_norm = self.grad_clip if self.grad_clip is not None else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
+        if not torch.isfinite(grad_norm):
+            self.optimizer.zero_grad(set_to_none=True)
+            return self._nonfinite(step, f"non-finite gradient norm ({float(grad_norm)})")
+        self.optimizer.step()
+        self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update(self.model)
+        record = {"step": step, "loss": float(loss.detach()), "grad_norm": float(grad_norm),
+                  "lr": self.optimizer.param_groups[0]["lr"]}
+        record.update(info)
+        return record
+
+    def _nonfinite(self, step: int, what: str) -> dict[str, Any]:
+        if self.on_nonfinite == "stop":
+            self._stop_nonfinite(step, what)
+        # skip: no optimizer or EMA update; the LR schedule still follows the step count
+        with warnings.catch_warnings():  # "scheduler stepped before optimizer" is intended here
+            warnings.simplefilter("ignore", UserWarning)
+            self.scheduler.step()
+        return {"step": step, "skipped": True, "reason": what,
+                "lr": self.optimizer.param_groups[0]["lr"]}
+
+    def _stop_nonfinite(self, step: int, what: str) -> None:
+        if self.last_checkpoint is not None:
+            where = (f"the last good checkpoint is {self.last_checkpoint[0]} (step "
+                     f"{self.last_checkpoint[1]}); continue from it with resume=True")
+        elif self.checkpoint_path is not None:
+            where = f"no checkpoint was written yet (it would be {self.checkpoint_path})"
+        else:
+            where = "no checkpoint is kept (out_dir is None)"
+        message = (f"{what} at step {step}: training stopped; {where}. Lower the learning rate, "
+                   f"or pass on_nonfinite='skip' to skip such steps.")
+        self._log({"event": "nonfinite", "step": step, "message": message})
+        raise NonFiniteError(message)
+
+    # -- side outputs (rank 0) -----------------------------------------------------------------
+    def _save_on_main(self) -> None:
+        if self.is_main:
+            self.save_checkpoint()
+
+    def _log(self, record: dict[str, Any]) -> None:
+        if not self.is_main or self.metrics_path is None:
+            return
+        self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(record, allow_nan=True) + "\n")
+
+    def _truncate_metrics(self) -> None:
+        """Drop records a killed run wrote after the checkpoint we resume from."""
+        path = self.metrics_path
+        if not self.is_main or path is None or not path.exists():
+            return
+        kept = []
+        for line in path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut short by the kill
+            if record.get("step", 0) <= self.step:
+                kept.append(line)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".metrics.", suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            f.write("".join(line + "\n" for line in kept))
+        os.replace(tmp, path)
+
+    def plot(self, step: int | None = None) -> Path | None:
+        """Plot samples of the EMA model to ``out_dir/samples/step_XXXXXX.png`` (rank 0).
+
+        Sampling runs on a forked RNG, so plotting never changes the training stream.
+        """
+        if not self.is_main or self.out_dir is None:
+            return None
+        step = self.step if step is None else step
+        path = self.out_dir / "samples" / f"step_{step:06d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        model = self.eval_model
+        devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.random.fork_rng(devices=devices), torch.no_grad():
+                if self.plot_fn is not None:
+                    self.plot_fn(model, path)
+                else:
+                    model.plot(path)
+        finally:
+            model.train(was_training)
+        self._log({"event": "plot", "step": step, "path": str(path)})
+        return path
+
+
+def _check_int(name: str, value: object, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+
