@@ -182,6 +182,20 @@ def _rng_devices(x: Tensor) -> list[int]:
     return [x.device.index or 0] if x.is_cuda else []
 
 
+def _autocast_state(device_type: str) -> dict:
+    """The autocast settings in force, to replay them in the backward pass (which autograd runs
+    outside the caller's autocast context): a bf16 forward must be recomputed in bf16."""
+    try:
+        enabled = torch.is_autocast_enabled(device_type)
+        dtype = torch.get_autocast_dtype(device_type)
+    except TypeError:  # torch < 2.4: per-device functions
+        cuda = device_type == "cuda"
+        enabled = torch.is_autocast_enabled() if cuda else torch.is_autocast_cpu_enabled()
+        dtype = torch.get_autocast_gpu_dtype() if cuda else torch.get_autocast_cpu_dtype()
+    return {"device_type": device_type, "enabled": enabled, "dtype": dtype,
+            "cache_enabled": torch.is_autocast_cache_enabled()}
+
+
 def _get_rng(devices: list[int]) -> tuple[Tensor, list[Tensor]]:
     return torch.get_rng_state(), [torch.cuda.get_rng_state(d) for d in devices]
 
@@ -248,6 +262,7 @@ class _RecomputeSweep(torch.autograd.Function):
             terms.append(term)
         ctx.strategy, ctx.sweep, ctx.starts, ctx.devices = strategy, sweep, starts, devices
         ctx.carries, ctx.rng = carries, rng
+        ctx.autocast = _autocast_state(x0.device.type)
         ctx.n_carry = len(carry)
         ctx.save_for_backward(x0, *params)
         return (*carry, torch.stack(terms, -1))
@@ -266,7 +281,7 @@ class _RecomputeSweep(torch.autograd.Function):
             end = min(start + k, n)
             fork = (torch.random.fork_rng(devices=ctx.devices)
                     if strategy.preserve_rng_state else nullcontext())
-            with fork, torch.enable_grad():
+            with fork, torch.enable_grad(), torch.autocast(**ctx.autocast):
                 if strategy.preserve_rng_state:
                     _set_rng(ctx.rng[start], ctx.devices)
                 if start == 0:

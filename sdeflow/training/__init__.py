@@ -8,12 +8,22 @@ from sdeflow.training.checkpoint import (
     save_checkpoint,
     verify_checkpoint,
 )
+from sdeflow.training.distributed import (
+    DistributedContext,
+    LossModule,
+    ShardSampler,
+    init_distributed,
+)
 from sdeflow.training.ema import EMA
 from sdeflow.training.models import DiffFlowModel, FlowModel, GenerativeModel, ScoreModel
 from sdeflow.training.progressive import ProgressiveSteps
 from sdeflow.training.trainer import NonFiniteError, Trainer, select_device
 
 __all__ = [
+    "DistributedContext",
+    "LossModule",
+    "ShardSampler",
+    "init_distributed",
     "BatchSource",
     "CheckpointError",
     "DiffFlowModel",

@@ -10,9 +10,12 @@ CPU a resumed run equals an uninterrupted one bit for bit.
 Non-finite losses or gradients stop training (``on_nonfinite="stop"``) with an error naming the
 step and the last good checkpoint, which is left untouched, or skip the step (``"skip"``).
 
-Multi-process training is prepared for, not implemented: the trainer has a ``rank`` and a
-``world_size``, logs, plots and checkpoints on rank 0 only, and takes its batches from a
-:class:`~sdeflow.training.batches.BatchSource` that can be sharded by rank.
+Multi-process (DDP) training: pass ``distributed=init_distributed()`` (see
+:mod:`sdeflow.training.distributed`) and launch with ``torchrun``. The loss computation is wrapped
+in DistributedDataParallel (gradients averaged over the ranks), the non-finite check is collective
+(all ranks stop or skip together), logged metrics are averaged over the ranks, rank 0 alone logs,
+plots and checkpoints, and each rank takes its shard of the batches from a
+:class:`~sdeflow.training.batches.BatchSource` sharded by rank.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from tqdm.auto import tqdm
 
 from sdeflow.training.batches import BatchSource
 from sdeflow.training.checkpoint import load_checkpoint, save_checkpoint
+from sdeflow.training.distributed import DistributedContext
 from sdeflow.training.ema import EMA
 
 __all__ = ["Trainer", "NonFiniteError", "get_rng_state", "set_rng_state", "select_device"]
@@ -115,6 +119,9 @@ class Trainer:
         callbacks: ``callback(trainer, step, record)`` after every step.
         config: JSON-serializable run configuration stored in checkpoints.
         rank, world_size: Process rank and count (logging and checkpoints on rank 0).
+        distributed: A :class:`~sdeflow.training.distributed.DistributedContext` (from
+            ``init_distributed()``): sets ``rank``, ``world_size`` and the default device, and
+            under several processes trains with DDP (see the module docstring).
 
     Example:
         >>> import torch
@@ -162,6 +169,7 @@ class Trainer:
         config: dict[str, Any] | None = None,
         rank: int = 0,
         world_size: int = 1,
+        distributed: DistributedContext | None = None,
     ) -> None:
         if not callable(getattr(model, "loss", None)):
             raise TypeError(f"model must have a loss(batch, step) method, got "
@@ -179,11 +187,22 @@ class Trainer:
             raise ValueError(f"on_nonfinite must be one of {_NONFINITE}, got {on_nonfinite!r}")
         if grad_clip is not None and not grad_clip > 0:
             raise ValueError(f"grad_clip must be > 0 or None, got {grad_clip}")
+        if distributed is not None:
+            if not isinstance(distributed, DistributedContext):
+                raise TypeError(f"distributed must be a DistributedContext, got "
+                                f"{type(distributed).__name__}")
+            rank, world_size = distributed.rank, distributed.world_size
+            device = distributed.device if device is None else device
         if not (0 <= rank < world_size):
             raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, "
                              f"world_size={world_size}")
         self.device = select_device(device)
         self.model = model.to(self.device)
+        self.distributed = distributed if distributed is not None and distributed.enabled else None
+        # one DDP forward per step around the whole loss (the networks run many times inside);
+        # wrapped before the EMA copy, so that it starts from rank 0's broadcast weights
+        self._loss = self.model.loss if self.distributed is None else self.distributed.wrap(
+            self.model)
         self.data, self.steps = data, steps
         self.rank, self.world_size = rank, world_size
         self.grad_clip, self.on_nonfinite = grad_clip, on_nonfinite
@@ -290,6 +309,9 @@ class Trainer:
                 raise ValueError("resume=True needs an out_dir (or pass a checkpoint path)")
             if path.exists():
                 self.load_checkpoint(path)
+                if self.distributed is not None:
+                    # the checkpoint holds rank 0's RNG state: one distinct stream per rank
+                    torch.manual_seed(int(torch.randint(2**62, ())) + self.rank)
                 self._truncate_metrics()
                 self._log({"event": "resume", "step": self.step, "checkpoint": str(path)})
         if self.step >= self.steps:
@@ -317,7 +339,7 @@ class Trainer:
                 bar.update(1)
                 if step % self.log_every == 0 or step == self.steps or record.get("skipped"):
                     record["time_s"] = round(self.train_time, 4)
-                    self._log(record)
+                    self._log(self._reduce(record))
                     bar.set_postfix(loss=f"{self.last_loss:.4g}")
                 if self.plot_every and step % self.plot_every == 0:
                     self.plot(step)
@@ -338,9 +360,15 @@ class Trainer:
         autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if self.amp
                     else contextlib.nullcontext())
         with autocast:
-            loss, info = self.model.loss(batch, step)
+            loss, info = self._loss(batch, step)
         loss = loss.float()
-        if not torch.isfinite(loss):
+        finite = bool(torch.isfinite(loss))
+        if self.distributed is not None:  # all ranks skip or stop together (else DDP hangs)
+            finite = not self.distributed.any(not finite)
+        if not finite:
+            if self.distributed is not None:
+                return self._nonfinite(step, f"non-finite loss on some rank (rank {self.rank}: "
+                                             f"{float(loss.detach())})")
             return self._nonfinite(step, f"non-finite loss ({float(loss.detach())})")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -380,6 +408,16 @@ class Trainer:
                    f"or pass on_nonfinite='skip' to skip such steps.")
         self._log({"event": "nonfinite", "step": step, "message": message})
         raise NonFiniteError(message)
+
+    def _reduce(self, record: dict[str, Any]) -> dict[str, Any]:
+        """The record with its numbers averaged over the ranks (called on every rank)."""
+        if self.distributed is None:
+            return record
+        numbers = {k: v for k, v in record.items() if k != "step" and not isinstance(v, bool)
+                   and isinstance(v, (int, float))}
+        mean = self.distributed.all_reduce_mean(numbers)
+        return record | {k: int(v) if isinstance(numbers[k], int) and v == int(v) else v
+                         for k, v in mean.items()}
 
     # -- side outputs (rank 0) -----------------------------------------------------------------
     def _save_on_main(self) -> None:
