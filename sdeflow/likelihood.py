@@ -35,9 +35,9 @@ from torch import Tensor, nn
 from torch.distributions import Distribution
 from torchdiffeq import odeint
 
-from sdeflow._checks import check_finite, check_modules
+from sdeflow._checks import check_modules
 from sdeflow.objectives.diffflow import DiffFlowTerms
-from sdeflow.priors import resolve_prior
+from sdeflow.priors import check_data
 from sdeflow.processes.base import SDE
 from sdeflow.processes.neural import ForwardSDE
 from sdeflow.processes.reverse import ReverseSDE
@@ -245,17 +245,7 @@ def ode_log_likelihood(
     """
     if not isinstance(ode, SDE):
         raise TypeError(f"ode must be an sdeflow SDE with zero diffusion, got {type(ode).__name__}")
-    if not isinstance(x0, Tensor) or not x0.is_floating_point():
-        got = f"dtype {x0.dtype}" if isinstance(x0, Tensor) else type(x0).__name__
-        raise TypeError(f"x0 must be a floating-point tensor, got {got}")
-    dist = resolve_prior(prior)
-    state = tuple(dist.event_shape)
-    if x0.dim() != len(state) + 1 or tuple(x0.shape[1:]) != state:
-        raise ValueError(f"x0 must have shape (batch, *state) with state {state} (the prior's "
-                         f"event_shape), got {tuple(x0.shape)}")
-    if x0.shape[0] == 0:
-        raise ValueError("x0 must hold at least one sample, got an empty batch")
-    check_finite("x0", x0)
+    dist, state = check_data(x0, prior)
     t0, t1 = float(t0), float(t1)
     if not (math.isfinite(t0) and math.isfinite(t1)):
         raise ValueError(f"t0 and t1 must be finite, got t0={t0}, t1={t1}")

@@ -11,10 +11,10 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
-from sdeflow._checks import check_finite, check_modules, check_same_device_dtype
+from sdeflow._checks import check_modules, check_same_device_dtype
 from sdeflow.discretizers import Discretizer, EulerMaruyama
 from sdeflow.grids import TimeGrid
-from sdeflow.priors import resolve_prior
+from sdeflow.priors import prior_draws
 from sdeflow.processes.base import SDE
 from sdeflow.processes.reverse import ReverseSDE
 
@@ -59,18 +59,8 @@ def sample(
     discretizer = discretizer or EulerMaruyama()
     if not isinstance(grid, TimeGrid):
         raise TypeError(f"grid must be a TimeGrid, got {type(grid).__name__}")
-    prior_d = resolve_prior(prior)
-    state = tuple(prior_d.event_shape)
-    if x_final is None:
-        x_final = prior_d.sample(torch.Size(sample_shape))
-    elif tuple(x_final.shape[x_final.dim() - len(state):]) != state:
-        raise ValueError(f"x_final must end in the prior's event_shape {state}, "
-                         f"got {tuple(x_final.shape)}")
-    else:
-        check_finite("x_final", x_final)
-    check_same_device_dtype("grid.ts", grid.ts, "prior samples", x_final)
-    lead = x_final.shape[: x_final.dim() - len(state)]
-    x = x_final.reshape((-1,) + state)
+    x, lead, state = prior_draws(prior, sample_shape, x_final)
+    check_same_device_dtype("grid.ts", grid.ts, "prior samples", x)
     check_modules(x, [reverse], x_name="prior samples")
     grad = torch.is_grad_enabled() and x.requires_grad
     xs = [x] if return_trajectory else None

@@ -27,9 +27,9 @@ from torchsde import BrownianInterval
 from torchsde._brownian import BaseBrownian
 from torchsde.settings import METHODS
 
-from sdeflow._checks import check_modules, check_same_device_dtype
+from sdeflow._checks import check_finite, check_modules, check_same_device_dtype
 from sdeflow.grids import TimeGrid
-from sdeflow.priors import resolve_prior
+from sdeflow.priors import prior_draws
 from sdeflow.processes.base import SDE
 
 __all__ = ["TorchsdeAdapter", "to_torchsde", "torchsde_times", "GridBrownian",
@@ -218,6 +218,7 @@ def solve_torchsde(sde: SDE, x: Tensor, grid: TimeGrid, *, method: str = "euler"
         raise ValueError(f"method must be one of {METHODS.all()}, "
                          f"got {method!r}")
     check_same_device_dtype("grid.ts", grid.ts, "x", x)
+    check_finite("x", x)
     check_modules(x, [sde], x_name="x")
     state = tuple(x.shape[1:])
     sde_type = "stratonovich" if method in STRATONOVICH_METHODS else "ito"
@@ -268,15 +269,7 @@ def sample_torchsde(
         ...                 method="reversible_heun").shape
         torch.Size([5, 2])
     """
-    prior_d = resolve_prior(prior)
-    state = tuple(prior_d.event_shape)
-    if x_final is None:
-        x_final = prior_d.sample(torch.Size(sample_shape))
-    elif tuple(x_final.shape[x_final.dim() - len(state):]) != state:
-        raise ValueError(f"x_final must end in the prior's event_shape {state}, "
-                         f"got {tuple(x_final.shape)}")
-    lead = x_final.shape[: x_final.dim() - len(state)]
-    x = x_final.reshape((-1,) + state)
+    x, lead, state = prior_draws(prior, sample_shape, x_final)
     with torch.set_grad_enabled(torch.is_grad_enabled() and x.requires_grad):
         traj = solve_torchsde(reverse, x, grid, method=method, reverse=True, bm=bm,
                               options=options)

@@ -24,11 +24,11 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
-from sdeflow._checks import check_finite, check_modules, check_same_device_dtype, sum_state
+from sdeflow._checks import check_modules, check_same_device_dtype, sum_state
 from sdeflow.discretizers import Discretizer, EulerMaruyama
 from sdeflow.gradients import Backprop, GradientStrategy
 from sdeflow.grids import TimeGrid
-from sdeflow.priors import resolve_prior
+from sdeflow.priors import check_data
 from sdeflow.processes.reverse import ReverseSDE
 from sdeflow.trajectories import check_positive_diffusion
 
@@ -214,15 +214,7 @@ class DiffFlowObjective(nn.Module):
             raise ValueError("grid must be given, to the objective or to this call")
         if not isinstance(grid, TimeGrid):
             raise TypeError(f"grid must be a TimeGrid, got {type(grid).__name__}")
-        prior = resolve_prior(self.prior)
-        state = tuple(prior.event_shape)
-        if not isinstance(x0, Tensor) or x0.dim() != len(state) + 1 or x0.shape[1:] != state:
-            got = tuple(x0.shape) if isinstance(x0, Tensor) else type(x0).__name__
-            raise ValueError(f"x0 must have shape (batch, *state) with state {state} (the prior's "
-                             f"event_shape), got {got}")
-        if x0.shape[0] == 0:
-            raise ValueError("x0 must hold at least one sample, got an empty batch")
-        check_finite("x0", x0)
+        prior, _ = check_data(x0, self.prior)
         check_same_device_dtype("grid.ts", grid.ts, "x0", x0)
         check_modules(x0, [self.reverse, self.prior])
         check_positive_diffusion(self.reverse.forward_sde, grid.ts[:-1], "forward process")

@@ -15,9 +15,9 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
-from sdeflow._checks import check_finite, check_modules, check_same_device_dtype
+from sdeflow._checks import check_modules, check_same_device_dtype
 from sdeflow.grids import TimeGrid
-from sdeflow.priors import resolve_prior
+from sdeflow.priors import check_data
 from sdeflow.processes.neural import ForwardSDE
 
 __all__ = ["FlowNLL", "FlowTerms"]
@@ -67,18 +67,11 @@ class FlowNLL(nn.Module):
             raise ValueError("grid must be given, to the objective or to this call")
         if not isinstance(grid, TimeGrid):
             raise TypeError(f"grid must be a TimeGrid, got {type(grid).__name__}")
-        prior = resolve_prior(self.prior)
-        state = tuple(prior.event_shape)
-        if x0.dim() != len(state) + 1 or tuple(x0.shape[1:]) != state:
-            raise ValueError(f"x0 must have shape (batch, *state) with state {state} (the prior's "
-                             f"event_shape), got {tuple(x0.shape)}")
-        if x0.shape[0] == 0:
-            raise ValueError("x0 must hold at least one sample, got an empty batch")
+        prior, state = check_data(x0, self.prior)
         d = x0[0].numel()
         if d > self.max_dim:
             raise ValueError(f"state has {d} elements > max_dim={self.max_dim}; the exact "
                              "Jacobian is too costly, use sdeflow.likelihood.ode_log_likelihood")
-        check_finite("x0", x0)
         check_same_device_dtype("grid.ts", grid.ts, "x0", x0)
         check_modules(x0, [self.flow, self.prior])
         eye = torch.eye(d, dtype=x0.dtype, device=x0.device)
