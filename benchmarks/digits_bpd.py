@@ -17,7 +17,7 @@ dequantization of the test split):
   bits/dim by the ODE (and its Euler–Maruyama trajectory ELBO).
 - ``nsf``: zuko's neural spline flow over the 64 values (exact likelihood).
 
-All bits/dim use the same convention (:func:`sdeflow.data.nats_to_bits_per_dim` with
+All bits/dim use the same convention (:func:`sdeflow.bits_per_dim` with
 ``levels=17``): an upper bound on the discrete data's bits/dim; a uniform model scores
 ``log2(17) = 4.09``. ODE likelihoods use Hutchinson's trace (``--probes`` Rademacher probes)
 with dopri5 at ``rtol = atol = 1e-5``.
@@ -46,8 +46,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from sdeflow import VPSDE, StandardNormal, TimeGrid
-from sdeflow.data import Digits, dequantize, nats_to_bits_per_dim
+from sdeflow import VPSDE, StandardNormal, TimeGrid, bits_per_dim
+from sdeflow.data import Digits, dequantize
 from sdeflow.nets import FourierMLP, UNet
 from sdeflow.training.ema import EMA
 from sdeflow.training.models import DiffFlowModel, ScoreModel
@@ -120,7 +120,7 @@ def evaluate(name: str, ema: EMA, x: Tensor, args: argparse.Namespace) -> dict:
     start = time.perf_counter()
 
     def bpd(nll: Tensor) -> float:
-        return float(nats_to_bits_per_dim(nll.mean(), DIMS, LEVELS))
+        return float(bits_per_dim(nll.mean(), DIMS, levels=LEVELS))
 
     out: dict[str, float | None] = {"bpd_elbo": None, "bpd_ode": None, "bpd_exact": None}
     if name == "nsf":

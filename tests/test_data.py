@@ -14,15 +14,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sdeflow import bits_per_dim
 from sdeflow.data import (
     CIFAR10,
     TOY_DATASETS,
     Digits,
     ToyPreprocessor,
-    dequantization_offset,
     load_cifar10,
     load_toy,
-    nats_to_bits_per_dim,
     sample_toy,
     write_tiny_cifar10_archive,
 )
@@ -409,12 +408,9 @@ def test_digits():
 
 def test_bits_per_dim_of_a_histogram_density_is_exact():
     # For a density constant on each level's interval, p_x = P(k) / (2/L), the dequantization
-    # bound is tight: bpd = -log2 P(k) per dimension.
+    # bound of sdeflow.bits_per_dim is tight: bpd = -log2 P(k) per dimension.
     levels = 17
     probs = torch.softmax(torch.randn(levels, dtype=torch.float64), 0)
     k = torch.arange(levels)
     nll_continuous = -(probs[k] / (2 / levels)).log()
-    torch.testing.assert_close(nats_to_bits_per_dim(nll_continuous, 1, levels), -probs.log2())
-    assert dequantization_offset(3072, 256) == pytest.approx(3072 * math.log(128))
-    with pytest.raises(ValueError, match="levels"):
-        dequantization_offset(10, 1)
+    torch.testing.assert_close(bits_per_dim(nll_continuous, 1, levels=levels), -probs.log2())

@@ -4,7 +4,7 @@ quantized images.
 """
 
 from .cifar10 import CIFAR10, CIFAR10_MD5, CIFAR10_URL, load_cifar10, write_tiny_cifar10_archive
-from .digits import Digits, dequantization_offset, dequantize, nats_to_bits_per_dim
+from .digits import Digits, dequantize
 from .toy import TOY_DATASETS, ToyPreprocessor, load_toy, sample_toy
 
 __all__ = [
@@ -14,11 +14,9 @@ __all__ = [
     "Digits",
     "TOY_DATASETS",
     "ToyPreprocessor",
-    "dequantization_offset",
     "dequantize",
     "load_cifar10",
     "load_toy",
-    "nats_to_bits_per_dim",
     "sample_toy",
     "write_tiny_cifar10_archive",
 ]

@@ -255,7 +255,7 @@ class CIFAR10(Dataset):
         \times 32}
 
     (``u = 1/2`` without dequantization), mirrored left-right with probability 1/2 when
-    ``flip``. Bits/dim: :func:`~sdeflow.data.nats_to_bits_per_dim` with ``num_dims=3072``,
+    ``flip``. Bits/dim: :func:`~sdeflow.bits_per_dim` with ``dim=3072``,
     ``levels=256``. Randomness comes from torch's global generator (seeded per DataLoader
     worker).
 

@@ -23,9 +23,6 @@ For CIFAR-10 (``L = 256``) this is the usual ``(nll + D log 128) / (D ln 2)``.
 
 from __future__ import annotations
 
-import functools
-import math
-
 import numpy as np
 import torch
 from torch import Tensor
@@ -34,8 +31,6 @@ from torch.utils.data import Dataset
 __all__ = [
     "Digits",
     "dequantize",
-    "dequantization_offset",
-    "nats_to_bits_per_dim",
 ]
 
 
@@ -73,40 +68,6 @@ def dequantize(
     return (k.to(dtype) + u) * (2.0 / levels) - 1.0
 
 
-def dequantization_offset(num_dims: int, levels: int) -> float:
-    r"""The nats ``D log(L/2)`` to add to a continuous NLL on the ``[-1, 1]`` scale to bound the
-    discrete NLL of ``D`` values with ``L`` levels (see the module docstring).
-
-    Example:
-        >>> round(dequantization_offset(3072, 256), 1)
-        14905.4
-    """
-    if num_dims < 1 or levels < 2:
-        raise ValueError(f"num_dims must be >= 1 and levels >= 2, got {num_dims} and {levels}")
-    return num_dims * math.log(levels / 2)
-
-
-def nats_to_bits_per_dim(nll_nats: Tensor | float, num_dims: int, levels: int) -> Tensor | float:
-    r"""Converts a continuous NLL in nats per image on the ``[-1, 1]`` scale to bits/dim of the
-    discrete data: ``bpd = (nll + D log(L/2)) / (D ln 2)``.
-
-    Arguments:
-        nll_nats: The NLL (or negative ELBO) in nats per image, a number or a tensor.
-        num_dims: The number ``D`` of values per image (``64`` for the digits).
-        levels: The number ``L`` of levels (``17`` for the digits, ``256`` for CIFAR-10).
-
-    Returns:
-        Bits per dimension, of ``nll_nats``'s type and shape.
-
-    Example:
-        >>> nll_uniform = 64 * math.log(2)  # the uniform density on [-1, 1]^64
-        >>> round(nats_to_bits_per_dim(nll_uniform, 64, 17), 4)  # log2(17)
-        4.0875
-    """
-    return (nll_nats + dequantization_offset(num_dims, levels)) / (num_dims * math.log(2))
-
-
-@functools.lru_cache(maxsize=1)
 def _load_digits() -> tuple[Tensor, Tensor]:
     # shared by every Digits instance, which only index them (indexing copies)
     from sklearn.datasets import load_digits
@@ -122,7 +83,7 @@ class Digits(Dataset):
 
     Items are ``(x, label)`` with ``x = (k + u)/17 * 2 - 1`` and ``u ~ U[0, 1)`` drawn at each
     access (``dequantize=True``) or ``u = 1/2``; bits/dim of the 17-level data follow from
-    :func:`nats_to_bits_per_dim` with ``num_dims=64, levels=17`` (a uniform model scores
+    :func:`sdeflow.bits_per_dim` with ``dim=64, levels=17`` (a uniform model scores
     ``log2(17) = 4.09`` bits/dim).
 
     Arguments:

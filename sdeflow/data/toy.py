@@ -386,7 +386,9 @@ def load_toy(
         >>> train.shape, test.shape
         (torch.Size([64, 2]), torch.Size([16, 2]))
     """
-    _check_count("n_train", n_train)
+    if _check_count("n_train", n_train) < 2:
+        raise ValueError(f"n_train must be >= 2 (the standardization is fitted on the training "
+                         f"sample), got {n_train}")
     _check_count("n_test", n_test)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise TypeError(f"seed must be an int, got {type(seed).__name__}")
