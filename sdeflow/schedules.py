@@ -62,8 +62,8 @@ class LinearSchedule(Schedule):
         super().__init__()
         if not t1 > t0:
             raise ValueError(f"t1 must be greater than t0, got t0={t0}, t1={t1}")
-        if g0 < 0 or g1 < 0:
-            raise ValueError(f"g0 and g1 must be >= 0, got g0={g0}, g1={g1}")
+        if not (0 <= g0 < float("inf") and 0 <= g1 < float("inf")):
+            raise ValueError(f"g0 and g1 must be finite numbers >= 0, got g0={g0}, g1={g1}")
         self.g0, self.g1, self.t0, self.t1 = float(g0), float(g1), float(t0), float(t1)
 
     def forward(self, t: Tensor) -> Tensor:

@@ -6,7 +6,13 @@ import math
 
 from torch import Tensor, nn
 
-from .time import FourierTimeFeatures, GaussianFourierFeatures, _check_positive_int, time_batch
+from .time import (
+    FourierTimeFeatures,
+    GaussianFourierFeatures,
+    _check_input,
+    _check_positive_int,
+    time_batch,
+)
 
 __all__ = ["FourierMLP", "ACTIVATIONS"]
 
@@ -125,6 +131,7 @@ class FourierMLP(nn.Module):
                 f"x must have shape (batch, *state) with {self.dim} elements per state, "
                 f"got {tuple(x.shape)}"
             )
+        _check_input(x, self.input.weight, "FourierMLP")
         t = time_batch(t, x.shape[0], dtype=x.dtype, device=x.device)
         bias = self.time_mlp(self.time_features(t))  # (1, width) or (B, width)
         h = self.hidden(self.input(x.reshape(x.shape[0], self.dim)) + bias)

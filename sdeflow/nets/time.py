@@ -207,6 +207,17 @@ class SinusoidalTimeEmbedding(nn.Module):
         return emb
 
 
+def _check_input(x: Tensor, weight: Tensor, net: str) -> None:
+    """``x`` must share the device and (outside autocast) the dtype of the net's weights: say so
+    naming ``x``, rather than fail inside a matmul."""
+    if x.device != weight.device:
+        raise ValueError(f"x is on {x.device} but the {net}'s parameters are on {weight.device}; "
+                         f"move the net with .to({x.device!s})")
+    if x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
+        raise TypeError(f"x has dtype {x.dtype} but the {net}'s parameters have dtype "
+                        f"{weight.dtype}; cast the net with .to({x.dtype})")
+
+
 def _check_positive_int(name: str, value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")

@@ -9,7 +9,7 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from .time import SinusoidalTimeEmbedding, _check_positive_int, time_batch
+from .time import SinusoidalTimeEmbedding, _check_input, _check_positive_int, time_batch
 
 __all__ = ["UNet", "ResBlock", "AttnBlock"]
 
@@ -282,6 +282,7 @@ class UNet(nn.Module):
             raise ValueError(
                 f"x must have shape (batch, {', '.join(map(str, expected))}), got {tuple(x.shape)}"
             )
+        _check_input(x, self.conv_in.weight, "UNet")
         t = time_batch(t, x.shape[0], dtype=x.dtype, device=x.device)
         temb = self.time_mlp(self.time_embedding(t))  # (1, 4ch) or (B, 4ch)
 

@@ -56,6 +56,9 @@ class DenoisingScoreMatching(nn.Module):
 
     def forward(self, x0: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Per-sample loss, shape ``(B,)``; take ``.mean()`` to train."""
+        if not isinstance(x0, Tensor) or not x0.is_floating_point():
+            got = f"dtype {x0.dtype}" if isinstance(x0, Tensor) else type(x0).__name__
+            raise TypeError(f"x0 must be a floating-point tensor, got {got}")
         if x0.dim() < 2 or x0.shape[0] == 0:
             raise ValueError(f"x0 must have shape (batch, *state), got {tuple(x0.shape)}")
         check_finite("x0", x0)

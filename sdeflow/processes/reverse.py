@@ -53,8 +53,8 @@ class ReverseSDE(SDE):
         if not getattr(forward, "additive_noise", True):
             raise ValueError("forward must have a diffusion g(t) that does not depend on x")
         lam = float(lam)
-        if not lam >= 0:
-            raise ValueError(f"lam must be >= 0, got {lam}")
+        if not 0 <= lam < float("inf"):
+            raise ValueError(f"lam must be a finite number >= 0, got {lam}")
         self.forward_sde = forward
         self.score = score
         self.lam = lam
