@@ -75,6 +75,10 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
             os.unlink(tmp)
         raise
     _fsync_dir(path.parent)
+    # temp files of writes that a killed run left half-done: each holds a whole checkpoint
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        with contextlib.suppress(OSError):
+            stale.unlink()
     return path
 
 

@@ -307,6 +307,8 @@ class Trainer:
             path = self.checkpoint_path if resume is True else Path(resume)
             if path is None:
                 raise ValueError("resume=True needs an out_dir (or pass a checkpoint path)")
+            if resume is not True and not path.exists():
+                raise FileNotFoundError(f"resume: no checkpoint at {path}")
             if path.exists():
                 self.load_checkpoint(path)
                 if self.distributed is not None:
