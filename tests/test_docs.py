@@ -1,5 +1,5 @@
-"""Every ```python block of the docs runs: each page's blocks in order, in one namespace, in a
-fresh working directory. (``docs/testing_discretizers.md`` runs in its own test,
+"""Every ```python block of the docs and of the README runs: each page's blocks in order, in
+one namespace, in a fresh working directory. (``docs/testing_discretizers.md`` runs in its own test,
 ``tests/test_docs_testing.py``.)
 
 Blocks fenced as ```bash (commands that need a GPU, several processes or minutes) are not run;
@@ -19,8 +19,9 @@ DOCS = Path(__file__).resolve().parents[1] / "docs"
 OWN_TEST = {"testing_discretizers.md"}  # tests/test_docs_testing.py runs it
 FENCE_LANGUAGES = {"python", "bash", "text", "console", "math"}
 
-PAGES = sorted(p for p in DOCS.rglob("*.md") if p.name not in OWN_TEST)
-ALL_PAGES = sorted(DOCS.rglob("*.md"))
+README = DOCS.parent / "README.md"
+PAGES = sorted(p for p in DOCS.rglob("*.md") if p.name not in OWN_TEST) + [README]
+ALL_PAGES = sorted(DOCS.rglob("*.md")) + [README]
 
 
 def python_blocks(text: str) -> list[str]:
@@ -43,7 +44,7 @@ def fence_languages(text: str) -> list[str]:
 def run_page(page: Path) -> dict:
     namespace: dict = {"__name__": f"docs_{page.stem}"}
     for i, block in enumerate(python_blocks(page.read_text())):
-        code = compile(block, f"{page.relative_to(DOCS)} [python block {i + 1}]", "exec")
+        code = compile(block, f"{page.relative_to(DOCS.parent)} [python block {i + 1}]", "exec")
         exec(code, namespace)  # noqa: S102 - running the documentation is the point
     return namespace
 
@@ -55,7 +56,7 @@ def test_helpers_find_blocks_and_fences():
 
 
 def test_the_docs_exist():
-    names = {str(p.relative_to(DOCS)) for p in ALL_PAGES}
+    names = {str(p.relative_to(DOCS)) for p in ALL_PAGES if p != README}
     expected = {"index.md", "concepts.md", "benchmarks.md", "howto/diffflow_from_parts.md",
                 "howto/score_diffusion.md", "howto/flow.md", "howto/custom_drift.md",
                 "howto/sampling.md", "howto/likelihood.md", "howto/multi_gpu.md"}
@@ -65,7 +66,7 @@ def test_the_docs_exist():
         assert python_blocks((DOCS / name).read_text()), f"{name} has no ```python block"
 
 
-@pytest.mark.parametrize("page", ALL_PAGES, ids=lambda p: str(p.relative_to(DOCS)))
+@pytest.mark.parametrize("page", ALL_PAGES, ids=lambda p: str(p.relative_to(DOCS.parent)))
 def test_fences_are_labelled_and_links_resolve(page):
     text = page.read_text()
     bad = [t for t in fence_languages(text) if t not in FENCE_LANGUAGES]
@@ -76,7 +77,7 @@ def test_fences_are_labelled_and_links_resolve(page):
         assert (page.parent / target).resolve().is_file(), f"{page.name}: broken link {target}"
 
 
-@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(DOCS)))
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(DOCS.parent)))
 def test_page_runs(page, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # pages may write files (checkpoints, PNGs): keep them here
     monkeypatch.setenv("MPLBACKEND", "Agg")
