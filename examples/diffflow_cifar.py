@@ -173,8 +173,7 @@ def build_model(args: argparse.Namespace) -> DiffFlowModel:
     model = DiffFlowModel(
         unet(args.drift_ch), unet(args.score_ch), args.g, grid, StandardNormal(STATE),
         jitter=not args.no_jitter, progressive=ProgressiveSteps(args.n_start, args.n_end, ramp),
-        sample_grid=grid(args.sample_steps))
-    model.objective.gradient = GRADIENTS[args.gradient]()
+        gradient=GRADIENTS[args.gradient](), sample_grid=grid(args.sample_steps))
     return model
 
 

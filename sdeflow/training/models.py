@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from torchdiffeq import odeint
 
 from sdeflow.discretizers import Discretizer
+from sdeflow.gradients import GradientStrategy
 from sdeflow.grids import TimeGrid
 from sdeflow.likelihood import ode_log_likelihood
 from sdeflow.objectives import DenoisingScoreMatching, DiffFlowObjective, FlowNLL
@@ -152,6 +153,8 @@ class DiffFlowModel(_GridMixin, GenerativeModel):
         jitter: Train on the jittered grid.
         progressive: A :class:`ProgressiveSteps` schedule of :math:`N`.
         discretizer: The Gaussian step scheme (Euler–Maruyama by default).
+        gradient: The :class:`~sdeflow.gradients.GradientStrategy` (``Backprop`` by default;
+            ``StochasticAdjoint`` for activation memory flat in :math:`N`).
         sample_grid: Grid for :meth:`sample` (default: the evaluation grid).
 
     References:
@@ -181,6 +184,7 @@ class DiffFlowModel(_GridMixin, GenerativeModel):
         jitter: bool = True,
         progressive: ProgressiveSteps | None = None,
         discretizer: Discretizer | None = None,
+        gradient: GradientStrategy | None = None,
         sample_grid: TimeGrid | None = None,
     ) -> None:
         super().__init__()
@@ -189,7 +193,8 @@ class DiffFlowModel(_GridMixin, GenerativeModel):
         if self.forward_sde.is_flow():
             raise ValueError("diffusion must be > 0 for DiffFlow; use FlowModel for g = 0")
         self.reverse = ReverseSDE(self.forward_sde, score_net, lam=1.0)
-        self.objective = DiffFlowObjective(self.reverse, prior, discretizer=discretizer)
+        self.objective = DiffFlowObjective(self.reverse, prior, discretizer=discretizer,
+                                           gradient=gradient)
         self._setup_grid(grid, progressive, jitter)
         self.sample_grid_ts: Tensor | None
         self.register_buffer("sample_grid_ts", None if sample_grid is None else sample_grid.ts)
