@@ -25,6 +25,7 @@ floating-point summation order.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from contextlib import nullcontext
 from typing import Protocol
 
@@ -50,17 +51,18 @@ class Sweep(Protocol):
     def step(self, i: int, carry: Carry) -> tuple[Carry, Tensor]: ...
 
 
-class GradientStrategy:
+class GradientStrategy(ABC):
     """Base class: ``strategy(sweep, x0, params) -> (final carry, terms (B, N))``.
 
     ``params`` are the tensors the gradient must reach (the objective passes the trainable
     parameters of its modules); :class:`Backprop` reaches every leaf regardless.
     """
 
+    @abstractmethod
     def __call__(
         self, sweep: Sweep, x0: Tensor, params: tuple[Tensor, ...]
     ) -> tuple[Carry, Tensor]:
-        raise NotImplementedError  # pragma: no cover - abstract
+        """Run ``sweep`` from ``x0``; returns the final carry and the terms ``(B, N)``."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"

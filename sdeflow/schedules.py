@@ -6,6 +6,7 @@ dtype and device. A plain number means a constant schedule (see :func:`as_schedu
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 
 import torch
@@ -14,11 +15,12 @@ from torch import Tensor, nn
 __all__ = ["Schedule", "ConstantSchedule", "LinearSchedule", "FunctionSchedule", "as_schedule"]
 
 
-class Schedule(nn.Module):
+class Schedule(nn.Module, ABC):
     r"""Base class of diffusion schedules :math:`t \mapsto g(t) \ge 0`."""
 
-    def forward(self, t: Tensor) -> Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def forward(self, t: Tensor) -> Tensor:
+        """:math:`g(t)`, shaped like ``t``."""
 
     def is_zero(self) -> bool:
         """Whether :math:`g \\equiv 0` (the normalizing-flow limit)."""

@@ -348,7 +348,8 @@ CASES = [
                  id="torchsde-x_final"),
     # the discretizer test kit
     pytest.param(lambda tmp: check_discretizer(EulerMaruyama), TypeError,
-                 r"scheme must be a Discretizer instance, got type", id="kit-class"),
+                 r"scheme must be a Discretizer instance, got the class EulerMaruyama",
+                 id="kit-class"),
     # plotting
     pytest.param(lambda tmp: plot_samples_2d(torch.randn(5, 3), tmp / "a.png"), ValueError,
                  r"samples must have shape \(n, 2\)", id="plot-samples"),

@@ -12,6 +12,8 @@ distributions use for exact log-densities.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 from torch import Tensor
 
 from sdeflow.processes.base import SDE
@@ -34,7 +36,7 @@ def register_discretizer(name: str):
     return wrap
 
 
-class Discretizer:
+class Discretizer(ABC):
     r"""Base class of step schemes.
 
     Class attributes every scheme declares:
@@ -50,9 +52,9 @@ class Discretizer:
     weak_order: float
     gaussian: bool = False
 
+    @abstractmethod
     def step(self, sde: SDE, x: Tensor, t: Tensor, dt: Tensor, noise: Tensor) -> Tensor:
         """One step from ``x`` at ``t`` to time ``t + dt`` with standard-normal ``noise``."""
-        raise NotImplementedError  # pragma: no cover - abstract
 
     def transition(
         self, sde: SDE, x: Tensor, t: Tensor, dt: Tensor, drift: Tensor | None = None

@@ -8,6 +8,8 @@ States have any shape ``(B, *state)``; ``t`` is a tensor of shape ``()``, ``(1,)
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 from torch import Tensor, nn
 
 from sdeflow._checks import as_time, expand_to
@@ -15,7 +17,7 @@ from sdeflow._checks import as_time, expand_to
 __all__ = ["SDE"]
 
 
-class SDE(nn.Module):
+class SDE(nn.Module, ABC):
     r"""Base class of all processes: an Itô SDE with diagonal noise.
 
     Subclasses implement :meth:`drift` and :meth:`diffusion`. A process whose diffusion depends
@@ -25,11 +27,13 @@ class SDE(nn.Module):
 
     additive_noise: bool = True
 
-    def drift(self, x: Tensor, t: Tensor) -> Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def drift(self, x: Tensor, t: Tensor) -> Tensor:
+        """The drift, a tensor shaped like ``x``."""
 
-    def diffusion(self, x: Tensor, t: Tensor) -> Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def diffusion(self, x: Tensor, t: Tensor) -> Tensor:
+        """The diagonal noise scale, a tensor that broadcasts against ``x``."""
 
     def diffusion_scale(self, t: Tensor) -> Tensor | None:
         r""":math:`g(t)` for a 1-D tensor of times when the noise is additive, else ``None``.

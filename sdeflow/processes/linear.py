@@ -12,6 +12,7 @@ References:
 from __future__ import annotations
 
 import math
+from abc import abstractmethod
 
 import torch
 from torch import Tensor
@@ -32,17 +33,21 @@ class LinearSDE(SDE):
 
     T: float = 1.0
 
-    def drift_coef(self, t: Tensor) -> Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def drift_coef(self, t: Tensor) -> Tensor:
+        """:math:`a(t)`."""
 
-    def g(self, t: Tensor) -> Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def g(self, t: Tensor) -> Tensor:
+        """:math:`g(t)`."""
 
-    def marginal_coefs(self, t: Tensor) -> tuple[Tensor, Tensor]:  # pragma: no cover
-        raise NotImplementedError
+    @abstractmethod
+    def marginal_coefs(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        """:math:`(m(t), \\sigma(t))`."""
 
-    def prior_std(self) -> float:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def prior_std(self) -> float:
+        """Std of the reference distribution at :math:`T`."""
 
     def drift(self, x: Tensor, t: Tensor) -> Tensor:
         return expand_to(self.drift_coef(as_time(t, x)), x) * x
@@ -75,7 +80,9 @@ class VPSDE(LinearSDE):
     :math:`m = e^{-B/2}`, :math:`\sigma^2 = 1 - e^{-B}`.
 
     Example:
-        >>> import torch
+        >>> from abc import abstractmethod
+
+import torch
         >>> sde = VPSDE()
         >>> mean, std = sde.marginal(torch.ones(2, 3), torch.tensor(1.0))
         >>> round(float(mean[0, 0]), 4), round(float(std), 4)
@@ -121,7 +128,9 @@ class SubVPSDE(VPSDE):
     so that :math:`\sigma(t) = 1 - e^{-B(t)}` (the std, not the variance, of VP's form).
 
     Example:
-        >>> import torch
+        >>> from abc import abstractmethod
+
+import torch
         >>> sde = SubVPSDE()
         >>> _, std = sde.marginal(torch.ones(1, 1), torch.tensor(0.5))
         >>> bool(std < VPSDE().marginal(torch.ones(1, 1), torch.tensor(0.5))[1])
@@ -144,7 +153,9 @@ class VESDE(LinearSDE):
     marginal std from :math:`t = 0` is :math:`\sqrt{\sigma(t)^2 - \sigma_{min}^2}`.
 
     Example:
-        >>> import torch
+        >>> from abc import abstractmethod
+
+import torch
         >>> _, std = VESDE(0.01, 50.0).marginal(torch.zeros(1, 2), torch.tensor(1.0))
         >>> round(float(std), 3)
         50.0

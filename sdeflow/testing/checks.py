@@ -232,7 +232,9 @@ def check_discretizer(
         A :class:`~sdeflow.testing.Report`; ``report.assert_ok()`` raises with the details.
     """
     if not isinstance(scheme, Discretizer):
-        raise TypeError(f"scheme must be a Discretizer instance, got {type(scheme).__name__}")
+        got = (f"the class {scheme.__name__}; pass an instance, {scheme.__name__}()"
+               if isinstance(scheme, type) else type(scheme).__name__)
+        raise TypeError(f"scheme must be a Discretizer instance, got {got}")
     gen = torch.Generator().manual_seed(seed)
     results: list[CheckResult] = []
     t, dt = torch.tensor(0.3, dtype=torch.float64), torch.tensor(0.05, dtype=torch.float64)
