@@ -19,6 +19,7 @@ All three report the exact NLL of their continuous-time model through the probab
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -43,27 +44,27 @@ __all__ = ["GenerativeModel", "DiffFlowModel", "ScoreModel", "FlowModel"]
 GridSpec = TimeGrid | Callable[[int], TimeGrid]
 
 
-class GenerativeModel(nn.Module):
+class GenerativeModel(nn.Module, ABC):
     """The interface every model family implements for the trainer and the evaluation."""
 
     #: What :meth:`nelbo` computes (written to metrics).
     nelbo_kind: str = "negative ELBO"
 
+    @abstractmethod
     def loss(self, batch: Tensor, step: int) -> tuple[Tensor, dict[str, float]]:
         """``(scalar loss to minimize, dict of floats to log)`` for one training batch."""
-        raise NotImplementedError  # pragma: no cover - abstract
 
+    @abstractmethod
     def sample(self, n: int) -> Tensor:
         """``n`` samples, ``(n, *state)`` (no autograd)."""
-        raise NotImplementedError  # pragma: no cover - abstract
 
+    @abstractmethod
     def log_likelihood(self, x: Tensor, **ode_kwargs: Any) -> Tensor:
         """Exact :math:`\\log p(x)` per sample, ``(B,)``, nats, through the model's ODE."""
-        raise NotImplementedError  # pragma: no cover - abstract
 
+    @abstractmethod
     def nelbo(self, x: Tensor) -> Tensor:
         """Per-sample bound (see :attr:`nelbo_kind`), ``(B,)``, nats."""
-        raise NotImplementedError  # pragma: no cover - abstract
 
     @property
     def state_shape(self) -> tuple[int, ...]:
