@@ -5,6 +5,7 @@ DDPM-style U-Net for images, and the time features/embeddings they share.
 or ``(B,)`` (one time per sample).
 """
 
+from .gelu import GELU
 from .mlp import ACTIVATIONS, FourierMLP
 from .time import (
     FourierTimeFeatures,
@@ -19,6 +20,7 @@ __all__ = [
     "AttnBlock",
     "FourierMLP",
     "FourierTimeFeatures",
+    "GELU",
     "GaussianFourierFeatures",
     "ResBlock",
     "SinusoidalTimeEmbedding",

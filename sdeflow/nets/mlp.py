@@ -6,6 +6,7 @@ import math
 
 from torch import Tensor, nn
 
+from .gelu import GELU
 from .time import (
     FourierTimeFeatures,
     GaussianFourierFeatures,
@@ -18,7 +19,7 @@ __all__ = ["FourierMLP", "ACTIVATIONS"]
 
 #: Activation names accepted by the networks of :mod:`sdeflow.nets`.
 ACTIVATIONS: dict[str, type[nn.Module]] = {
-    "gelu": nn.GELU,
+    "gelu": GELU,
     "silu": nn.SiLU,
     "swish": nn.SiLU,
     "relu": nn.ReLU,
