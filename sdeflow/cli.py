@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="optimizer steps (default: " + _per_model("steps") + "; paper: 3000)")
     toy.add_argument("--batch-size", type=_positive_int, default=None,
                      help="batch size (default: " + _per_model("batch_size") + "; paper: 5000)")
-    toy.add_argument("--lr", type=float, default=None,
+    toy.add_argument("--lr", type=_positive_float, default=None,
                      help="learning rate (default: " + _per_model("lr") + "; paper: 1e-2)")
     toy.add_argument("--width", type=_positive_int, default=128, help="MLP width (128)")
     toy.add_argument("--depth", type=_positive_int, default=3, help="MLP hidden layers (3)")
@@ -104,8 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     toy.add_argument("--overwrite", action="store_true",
                      help="start afresh even if OUT holds a checkpoint")
     toy.add_argument("--seed", type=int, default=0, help="seed of data, model and training")
-    toy.add_argument("--device", default=None,
-                     help="cpu, cuda, cuda:N (default: cuda when available)")
+    toy.add_argument("--device", type=_device, default=None,
+                     help="cpu, cuda or cuda:N (default: cuda when available)")
     toy.add_argument("--threads", type=_positive_int, default=None,
                      help="torch CPU threads (default: torch's choice; 1 is fastest on a busy "
                           "machine)")
@@ -130,6 +130,24 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
     return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+def _device(text: str) -> str:
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(
+            f"must be a torch device such as cpu, cuda or cuda:1, got {text!r}") from None
+    if device.type not in ("cpu", "cuda"):
+        raise argparse.ArgumentTypeError(f"must be cpu, cuda or cuda:N, got {text!r}")
+    return text
 
 
 def seed_everything(seed: int) -> None:

@@ -88,6 +88,20 @@ def test_unknown_names_list_the_valid_ones(capsys, flag, bad, valid):
     assert repr(bad) in err and all(name in err for name in valid)
 
 
+@pytest.mark.parametrize("flag, bad, message", [
+    ("--lr", "nan", "--lr: must be a finite number > 0, got nan"),
+    ("--lr", "0", "--lr: must be a finite number > 0, got 0"),
+    ("--device", "tpu", "--device: must be a torch device such as cpu, cuda or cuda:1"),
+    ("--device", "mps", "--device: must be cpu, cuda or cuda:N, got 'mps'"),
+    ("--steps", "0", "--steps: must be a positive integer, got 0"),
+])
+def test_bad_numbers_and_devices_are_argument_errors(capsys, flag, bad, message):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["toy", flag, bad])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
 def test_python_dash_m_entry_point(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO))
     done = subprocess.run([sys.executable, "-m", "sdeflow", "toy", "--dataset", "nope"],

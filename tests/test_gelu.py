@@ -62,6 +62,8 @@ def test_without_a_graph_it_is_the_plain_gelu() -> None:
     assert "Gelu" in type(plain.grad_fn).__name__
     assert "GELUWithDerivative" in type(GELU()(z).grad_fn).__name__
     assert "precompute_derivative=False" in repr(GELU(False))
+    with pytest.raises(TypeError, match="precompute_derivative must be a bool or None"):
+        GELU("yes")
 
 
 def test_derivatives_of_every_order_are_exact() -> None:

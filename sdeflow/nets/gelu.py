@@ -87,13 +87,16 @@ class GELU(nn.Module):
     derivatives of every order.
 
     When a graph is recorded, the forward pass also computes :math:`\mathrm{GELU}'(z)` (see the
-    module docstring) and the backward pass is one multiply; with ``precompute_derivative=False``
-    or without a graph it is ``torch.nn.functional.gelu``.
+    module docstring) and the backward pass is one multiply; otherwise it is
+    ``torch.nn.functional.gelu``.
 
     Arguments:
         precompute_derivative: Whether to compute the derivative in the forward pass (faster
             backward when activations are large and the backward runs long after the forward,
             as in backprop through a trajectory; costs one more kept tensor of ``z``'s size).
+            ``None`` (default): on CPU tensors only. On a GPU, where small networks are bound
+            by kernel launches, its extra forward kernel was slower (see
+            ``docs/benchmarks.md``).
 
     Example:
         >>> import torch
@@ -104,12 +107,17 @@ class GELU(nn.Module):
         True
     """
 
-    def __init__(self, precompute_derivative: bool = True) -> None:
+    def __init__(self, precompute_derivative: bool | None = None) -> None:
         super().__init__()
-        self.precompute_derivative = bool(precompute_derivative)
+        if precompute_derivative is not None and not isinstance(precompute_derivative, bool):
+            raise TypeError(f"precompute_derivative must be a bool or None, got "
+                            f"{precompute_derivative!r}")
+        self.precompute_derivative = precompute_derivative
 
     def forward(self, z: Tensor) -> Tensor:
-        if self.precompute_derivative and z.requires_grad and torch.is_grad_enabled():
+        precompute = (z.device.type == "cpu" if self.precompute_derivative is None
+                      else self.precompute_derivative)
+        if precompute and z.requires_grad and torch.is_grad_enabled():
             return _GELUWithDerivative.apply(z)[0]
         return F.gelu(z)
 
