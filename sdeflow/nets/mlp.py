@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import torch
 from torch import Tensor, nn
 
 from .gelu import GELU
@@ -135,8 +136,12 @@ class FourierMLP(nn.Module):
         _check_input(x, self.input.weight, "FourierMLP")
         t = time_batch(t, x.shape[0], dtype=x.dtype, device=x.device)
         bias = self.time_mlp(self.time_features(t))  # (1, width) or (B, width)
-        h = self.hidden(self.input(x.reshape(x.shape[0], self.dim)) + bias)
-        return self.output(h).reshape(x.shape)
+        x_flat = x.reshape(x.shape[0], self.dim)
+        if bias.shape[0] == 1:  # shared time: one matmul adds both biases (no extra pass)
+            h = torch.addmm(bias + self.input.bias, x_flat, self.input.weight.t())
+        else:
+            h = self.input(x_flat) + bias
+        return self.output(self.hidden(h)).reshape(x.shape)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}"
