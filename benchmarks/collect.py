@@ -1,8 +1,11 @@
-"""Copy the benchmark tables of ``benchmarks/results/*.md`` into ``docs/benchmarks.md``.
+"""Copy the benchmark tables of ``benchmarks/results/*.md`` (CPU) and
+``benchmarks/results/gpu/*.md`` (written by ``benchmarks/gpu_check.sh``) into
+``docs/benchmarks.md``.
 
 Each table goes between the markers ``<!-- results:NAME -->`` and ``<!-- /results:NAME -->``
-of the page (NAME: ``toy_nll``, ``digits_bpd``, ``train_step``, ``sampling``), so the prose
-around the tables stays as written. Run by ``benchmarks/run_all.sh``.
+of the page (NAME: ``toy_nll``, ``digits_bpd``, ``train_step``, ``sampling``, and
+``gpu/train_step``, ``gpu/sampling``, ``gpu/cifar_train``), so the prose around the tables
+stays as written. Run by ``benchmarks/run_all.sh``.
 """
 
 from __future__ import annotations
@@ -17,8 +20,8 @@ PAGE = ROOT / "docs" / "benchmarks.md"
 
 def main() -> None:
     page = PAGE.read_text()
-    for table in sorted(RESULTS.glob("*.md")):
-        name = table.stem
+    for table in sorted([*RESULTS.glob("*.md"), *RESULTS.glob("gpu/*.md")]):
+        name = table.relative_to(RESULTS).with_suffix("").as_posix()
         pattern = re.compile(rf"(<!-- results:{name} -->\n).*?(<!-- /results:{name} -->)", re.S)
         if not pattern.search(page):
             print(f"no markers for {name} in {PAGE.name}; skipped")

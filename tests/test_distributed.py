@@ -123,6 +123,23 @@ def _worker(out_dir: Path) -> None:
                          "ema": [p.detach().clone() for p in trainer.ema.module.parameters()],
                          "skipped": trainer.skipped, "losses": local_losses,
                          "deviation": ctx.max_param_deviation(model)}
+    # a run stopped after its step-2 checkpoint and restarted equals the uninterrupted run on
+    # every rank: each rank's random stream (noise, jittered grids) is in the checkpoint
+    def run(out: Path, steps: int, resume: bool = False) -> list[torch.Tensor]:
+        torch.manual_seed(100 + ctx.rank)
+        model = _model()
+        trainer = Trainer(model, TensorBatches(data, 4, seed=3, rank=ctx.rank,
+                                               world_size=ctx.world_size),
+                          steps=steps, lr=1e-2, distributed=ctx, out_dir=out,
+                          checkpoint_every=2, progress=False)
+        if resume:
+            torch.manual_seed(999 + ctx.rank)  # the restarted process's own seed must not matter
+        trainer.fit(resume=resume)
+        return [p.detach().clone() for p in model.parameters()]
+
+    full = run(out_dir / "full", 4)
+    run(out_dir / "resumed", 2)
+    record["resume"] = {"full": full, "resumed": run(out_dir / "resumed", 4, resume=True)}
     torch.save(record, out_dir / f"rank{ctx.rank}.pt")
     ctx.barrier()
     ctx.close()
@@ -178,6 +195,11 @@ def test_ddp_gloo_two_processes_identical_weights(tmp_path: Path) -> None:
         expected = (a["losses"][r["step"]] + b["losses"][r["step"]]) / 2
         assert abs(r["loss"] - expected) <= 1e-12 * abs(expected)
     assert (tmp_path / "run" / "checkpoint.pt").exists()
+
+    # resumed after a checkpoint = uninterrupted, bit for bit, on both ranks
+    for r in (r0, r1):
+        assert all(torch.equal(x, y) for x, y in zip(r["resume"]["full"], r["resume"]["resumed"]))
+    assert any(not torch.equal(x, y) for x, y in zip(r0["resume"]["full"], r0["trainer"]["final"]))
 
 
 @pytest.mark.slow

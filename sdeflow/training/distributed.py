@@ -162,6 +162,15 @@ class DistributedContext:
         dist.all_reduce(out, op=dist.ReduceOp.SUM)
         return out.to(tensor.device)
 
+    def all_gather_object(self, obj: Any) -> list[Any]:
+        """Every rank's ``obj`` (picklable), in rank order, on every rank (``[obj]`` for one
+        process)."""
+        if not self.enabled:
+            return [obj]
+        gathered: list[Any] = [None] * self.world_size
+        dist.all_gather_object(gathered, obj)
+        return gathered
+
     def barrier(self) -> None:
         """Wait for every rank (no-op for one process)."""
         if self.enabled:

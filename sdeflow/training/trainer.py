@@ -277,6 +277,18 @@ class Trainer:
         self.step, self.skipped = int(state["step"]), int(state["skipped"])
         self.train_time, self.last_loss = float(state["train_time"]), float(state["last_loss"])
 
+    def _restore_rank_rng(self, state: dict[str, Any]) -> None:
+        """In a multi-process run, each rank continues its own random stream: the one it had at
+        the checkpoint when the checkpoint holds every rank's (same world size), else a
+        distinct stream per rank seeded from rank 0's."""
+        if self.distributed is None or self.world_size == 1:
+            return
+        rng_ranks = state.get("rng_ranks")
+        if rng_ranks is not None and len(rng_ranks) == self.world_size:
+            set_rng_state(rng_ranks[self.rank])
+        else:
+            torch.manual_seed(int(torch.randint(2**62, ())) + self.rank)
+
     def save_checkpoint(self, path: str | os.PathLike | None = None) -> Path:
         """Write the state atomically to ``path`` (default the run's checkpoint)."""
         path = Path(path) if path is not None else self.checkpoint_path
@@ -286,14 +298,17 @@ class Trainer:
         self.last_checkpoint = (path, self.step)
         return path
 
-    def load_checkpoint(self, path: str | os.PathLike | None = None) -> None:
-        """Verify and load a checkpoint (raises ``CheckpointError`` naming a bad file)."""
+    def load_checkpoint(self, path: str | os.PathLike | None = None) -> dict[str, Any]:
+        """Verify and load a checkpoint (raises ``CheckpointError`` naming a bad file); returns
+        the loaded state."""
         path = Path(path) if path is not None else self.checkpoint_path
         if path is None:
             raise ValueError("path must be given when the trainer has no out_dir")
         # on the CPU: RNG states must stay CPU tensors; load_state_dict moves the weights
-        self.load_state_dict(load_checkpoint(path, map_location="cpu"))
+        state = load_checkpoint(path, map_location="cpu")
+        self.load_state_dict(state)
         self.last_checkpoint = (path, self.step)
+        return state
 
     # -- the loop ------------------------------------------------------------------------------
     def fit(self, *, resume: bool | str | os.PathLike = False) -> Trainer:
@@ -310,10 +325,7 @@ class Trainer:
             if resume is not True and not path.exists():
                 raise FileNotFoundError(f"resume: no checkpoint at {path}")
             if path.exists():
-                self.load_checkpoint(path)
-                if self.distributed is not None:
-                    # the checkpoint holds rank 0's RNG state: one distinct stream per rank
-                    torch.manual_seed(int(torch.randint(2**62, ())) + self.rank)
+                self._restore_rank_rng(self.load_checkpoint(path))
                 self._truncate_metrics()
                 self._log({"event": "resume", "step": self.step, "checkpoint": str(path)})
         if self.step >= self.steps:
@@ -423,8 +435,17 @@ class Trainer:
 
     # -- side outputs (rank 0) -----------------------------------------------------------------
     def _save_on_main(self) -> None:
+        """Called on every rank: gathers each rank's RNG state (so that a resumed
+        multi-process run repeats the uninterrupted one draw for draw), then rank 0 writes."""
+        rng_ranks = (self.distributed.all_gather_object(get_rng_state())
+                     if self.distributed is not None and self.world_size > 1 else None)
         if self.is_main:
-            self.save_checkpoint()
+            state = self.state_dict()
+            if rng_ranks is not None:
+                state["rng_ranks"] = rng_ranks
+            path = self.checkpoint_path
+            save_checkpoint(state, path)
+            self.last_checkpoint = (path, self.step)
 
     def _log(self, record: dict[str, Any]) -> None:
         if not self.is_main or self.metrics_path is None:
