@@ -36,6 +36,13 @@ the processes; under ``torchrun`` ranks shard each batch, rank 0 logs, plots and
 metrics are averaged over the ranks, and the ``--out-dir`` must be on a file system every node
 sees (for ``--resume``). ``--smoke`` trains a tiny U-Net for a few steps on a generated archive
 in the real format (or on ``--data-dir``).
+
+GPU options, off by default (measure first: ``python benchmarks/cifar_train.py --variants
+base,channels_last,compile``): ``--channels-last`` keeps the networks' weights and the data
+batches in ``torch.channels_last``; ``--compile`` compiles the two trained networks in place
+(:meth:`torch.nn.Module.compile`), so their parameter names, and the checkpoints, are those of
+the plain networks: a run may be resumed with or without either flag. The EMA copy used for
+evaluation and sampling is not compiled.
 """
 
 from __future__ import annotations
@@ -71,16 +78,19 @@ class CIFARBatches:
 
     The noise comes from torch's global generator, which the trainer checkpoints; the order of
     the images from the wrapped :class:`~sdeflow.training.TensorBatches` (sharded by rank).
+    With ``channels_last`` the batches are laid out in ``torch.channels_last`` (same values).
     """
 
-    def __init__(self, source: TensorBatches) -> None:
+    def __init__(self, source: TensorBatches, channels_last: bool = False) -> None:
         self.source = source
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
     def next_batch(self) -> Tensor:
         k = self.source.next_batch()
         x = dequantize(k, LEVELS)
         flip = torch.rand(k.shape[0]) < 0.5
-        return torch.where(flip[:, None, None, None], x.flip(-1), x)
+        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        return x.contiguous(memory_format=self.memory_format)
 
     def state_dict(self) -> dict[str, Any]:
         return self.source.state_dict()
@@ -126,6 +136,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--precision", choices=("bf16", "fp32"), default="bf16",
                    help="bf16 autocast on CUDA (the CPU always trains in fp32)")
     p.add_argument("--device", type=str, default=None, help="default: CUDA when available")
+    p.add_argument("--channels-last", action="store_true",
+                   help="for GPUs: networks and batches in torch.channels_last; measure first "
+                        "with benchmarks/cifar_train.py --variants base,channels_last")
+    p.add_argument("--compile", action="store_true",
+                   help="for GPUs: torch.compile the trained networks (the first steps "
+                        "compile); measure first with benchmarks/cifar_train.py --variants "
+                        "base,compile. Checkpoints are the same with or without it")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--log-every", type=int, default=100)
     p.add_argument("--plot-every", type=int, default=5000)
@@ -164,9 +181,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def build_model(args: argparse.Namespace) -> DiffFlowModel:
+    """The DiffFlow model of ``args``: drift and score U-Nets, in ``channels_last`` with
+    ``--channels-last``, compiled in place with ``--compile`` (:meth:`torch.nn.Module.compile`
+    keeps the parameter names, hence the checkpoints, of the plain nets; a deep copy such as
+    the EMA's is not compiled)."""
     def unet(ch: int) -> UNet:
-        return UNet(3, ch=ch, ch_mult=args.ch_mult, num_res_blocks=args.num_res_blocks,
-                    attn_resolutions=args.attn, dropout=args.dropout, image_size=32)
+        net = UNet(3, ch=ch, ch_mult=args.ch_mult, num_res_blocks=args.num_res_blocks,
+                   attn_resolutions=args.attn, dropout=args.dropout, image_size=32)
+        if args.channels_last:
+            net = net.to(memory_format=torch.channels_last)
+        if args.compile:
+            net.compile()
+        return net
 
     grid = functools.partial(TimeGrid.power, t0=args.t0, t1=args.t1, exponent=args.grid_exponent)
     ramp = args.ramp_steps or max(1, args.steps // 2)
@@ -250,7 +276,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         model = build_model(args)
         ctx.seed(args.seed + 1)  # different trajectory noise and dequantization per rank
         data = CIFARBatches(TensorBatches(train, per_rank, seed=args.seed, rank=ctx.rank,
-                                          world_size=ctx.world_size))
+                                          world_size=ctx.world_size),
+                            channels_last=args.channels_last)
 
         def plot(eval_model: DiffFlowModel, path: Path) -> None:
             save_image_grid(eval_model.sample(64), path, nrow=8)

@@ -7,6 +7,7 @@ identities). Test modules are defined at module level so that they pickle.
 from __future__ import annotations
 
 import os
+import shutil
 
 import pytest
 import torch
@@ -39,6 +40,12 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 HAS_CUDA = torch.cuda.is_available()
 F64 = torch.float64
+
+#: torch.compile on the CPU (inductor) builds C++ with the system compiler.
+needs_cpp_compiler = pytest.mark.skipif(
+    not any(shutil.which(c) for c in (os.environ.get("CXX", "g++"), "g++", "clang++")),
+    reason="torch.compile on the CPU needs a C++ compiler (g++ or clang++)",
+)
 
 
 def pytest_collection_modifyitems(config, items):

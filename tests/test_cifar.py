@@ -1,28 +1,38 @@
 """End to end: ``examples/diffflow_cifar.py --smoke`` on a tiny archive in the real CIFAR-10
-format (loss finite, sample grid written, bits/dim reported, exact resume), and its errors on
-missing or damaged data."""
+format (loss finite, sample grid written, bits/dim reported, exact resume), its errors on
+missing or damaged data, its GPU options (``--channels-last``, ``--compile``) and their
+checkpoints; and ``benchmarks/cifar_train.py`` on tiny nets (variants, errors, time limit)."""
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 import math
+import types
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import needs_cpp_compiler
 
 from sdeflow.data import write_tiny_cifar10_archive
 from sdeflow.training import load_checkpoint
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "diffflow_cifar.py"
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "diffflow_cifar.py"
+BENCHMARK = ROOT / "benchmarks" / "cifar_train.py"
 
 
-def _example():
-    spec = importlib.util.spec_from_file_location("diffflow_cifar_example", EXAMPLE)
+def _load(path: Path, name: str):
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _example():
+    return _load(EXAMPLE, "diffflow_cifar_example")
 
 
 @pytest.fixture(scope="module")
@@ -130,3 +140,176 @@ def test_bad_arguments(example, tmp_path: Path) -> None:
     assert (args.drift_ch, args.score_ch, args.ch_mult, args.attn) == \
         (128, 64, (1, 2, 2, 2), (16,))
     assert (args.n_start, args.n_end, args.sample_steps) == (5, 75, 100)
+
+
+# -- GPU options: --channels-last and --compile ------------------------------------------------
+def test_gpu_options_are_off_by_default_and_build_as_asked(example, tmp_path: Path) -> None:
+    args = example.parse_args(["--data-dir", str(tmp_path)])
+    assert not args.channels_last and not args.compile
+    smoke = ["--smoke", "--out-dir", str(tmp_path)]
+    plain = example.build_model(example.parse_args(smoke))
+    model = example.build_model(example.parse_args([*smoke, "--channels-last", "--compile"]))
+    for net in (model.drift_net, model.score_net):
+        weight = net.conv_in.weight
+        assert weight.is_contiguous(memory_format=torch.channels_last)
+        assert not weight.is_contiguous()
+        assert net._compiled_call_impl is not None  # compiled in place (lazily: no work yet)
+    assert plain.drift_net._compiled_call_impl is None
+    assert not plain.drift_net.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    # the parameter names (hence the checkpoints) are the plain model's
+    assert sorted(model.state_dict()) == sorted(plain.state_dict())
+    # the EMA's deep copy is a plain, uncompiled network with its own weights
+    clone = copy.deepcopy(model)
+    assert clone.drift_net._compiled_call_impl is None
+    assert clone.drift_net.conv_in.weight.data_ptr() != model.drift_net.conv_in.weight.data_ptr()
+
+
+def test_channels_last_batches_hold_the_same_values(example) -> None:
+    from sdeflow.training import TensorBatches
+
+    images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
+    batches = {}
+    for channels_last in (False, True):
+        torch.manual_seed(3)  # the dequantization and flip noise
+        source = example.CIFARBatches(TensorBatches(images, 4, seed=0),
+                                      channels_last=channels_last)
+        batches[channels_last] = source.next_batch()
+    assert batches[True].is_contiguous(memory_format=torch.channels_last)
+    assert batches[False].is_contiguous()
+    assert not batches[True].is_contiguous()
+    assert torch.equal(batches[True], batches[False])
+
+
+def test_smoke_channels_last_trains_and_resumes(example, data_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    first = example.main(_argv(data_dir, out, "--steps", "2", "--channels-last"))
+    assert first["steps"] == 2 and math.isfinite(first["last_loss"])
+    state = load_checkpoint(out / "checkpoint.pt")
+    weight = state["model"]["drift_net.conv_in.weight"]
+    assert weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
+    resumed = example.main(_argv(data_dir, out, "--steps", "4", "--resume", "--channels-last"))
+    assert resumed["steps"] == 4 and math.isfinite(resumed["last_loss"])
+    for key in ("bpd_elbo", "bpd_ode"):
+        assert math.isfinite(resumed[key]) and resumed[key] > 1.0, (key, resumed[key])
+    records = _records(out / "metrics.jsonl")
+    assert any(r.get("event") == "resume" and r["step"] == 2 for r in records)
+    losses = [r["loss"] for r in records if "loss" in r]
+    assert len(losses) == 4 and all(math.isfinite(v) for v in losses)
+    final = load_checkpoint(out / "checkpoint.pt")
+    assert final["step"] == 4
+    assert not torch.equal(final["model"]["drift_net.conv_in.weight"], weight)  # it trained
+
+
+@pytest.mark.slow  # compiling the tiny U-Nets takes a minute or more on a 2-core CPU
+@needs_cpp_compiler
+def test_smoke_compile_checkpoints_resume_with_or_without_it(example, data_dir: Path,
+                                                             tmp_path: Path) -> None:
+    compiled, plain = tmp_path / "compiled", tmp_path / "plain"
+    first = example.main(_argv(data_dir, compiled, "--steps", "2", "--compile"))
+    example.main(_argv(data_dir, plain, "--steps", "2"))
+    a, b = load_checkpoint(compiled / "checkpoint.pt"), load_checkpoint(plain / "checkpoint.pt")
+    assert sorted(a["model"]) == sorted(b["model"])  # no "_orig_mod." anywhere
+    assert sorted(a["ema"]["module"]) == sorted(b["ema"]["module"])
+    assert not any("_orig_mod" in key for key in a["model"])
+    # compiled and eager compute the same losses (up to float32 rounding)
+    la = [r["loss"] for r in _records(compiled / "metrics.jsonl") if "loss" in r]
+    lb = [r["loss"] for r in _records(plain / "metrics.jsonl") if "loss" in r]
+    assert la == pytest.approx(lb, rel=1e-4)
+    assert math.isfinite(first["bpd_elbo"])
+    # a compiled run resumes without --compile, a plain one with it
+    done = example.main(_argv(data_dir, compiled, "--steps", "3", "--resume"))
+    assert done["steps"] == 3 and math.isfinite(done["last_loss"])
+    done = example.main(_argv(data_dir, plain, "--steps", "3", "--resume", "--compile"))
+    assert done["steps"] == 3 and math.isfinite(done["last_loss"])
+    for out in (compiled, plain):
+        assert any(r.get("event") == "resume" and r["step"] == 2
+                   for r in _records(out / "metrics.jsonl"))
+
+
+# -- benchmarks/cifar_train.py -------------------------------------------------------------------
+@pytest.fixture
+def cifar_train():
+    threads = torch.get_num_threads()
+    yield _load(BENCHMARK, "cifar_train_benchmark")
+    torch.set_num_threads(threads)
+
+
+def _bench_argv(out: Path, *extra: str) -> list[str]:
+    return ["--small", "--device", "cpu", "--n-steps", "2", "--iters", "1", "--warmup", "1",
+            "--batch-size", "2", "--adjoint-batch", "0", "--precisions", "fp32",
+            "--gradients", "adjoint", "--out", str(out), *extra]
+
+
+def test_benchmark_variants_and_a_failing_one(cifar_train, tmp_path: Path, monkeypatch) -> None:
+    class Broken(torch.nn.Module):  # fails when first called, as a compilation failure does
+        def __init__(self, net: torch.nn.Module) -> None:
+            super().__init__()
+            self.net = net
+
+        def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            raise RuntimeError("no compiler here\nsecond line")
+
+    monkeypatch.setattr(torch, "compile", Broken)
+    out = tmp_path / "ct.json"
+    rows = cifar_train.main(_bench_argv(out, "--variants", "compile,base,channels_last"))
+    assert [r["variant"] for r in rows] == ["compile", "base", "channels_last"]
+    assert rows[0]["error"] == "RuntimeError: no compiler here" and "step_seconds" not in rows[0]
+    for row in rows[1:]:  # the failure stopped nothing
+        assert "error" not in row and row["step_seconds"] > 0 and row["images_per_s"] > 0
+        assert row["warmup_seconds"] > 0
+    saved = json.loads(out.read_text())
+    assert saved["variants"] == ["compile", "base", "channels_last"]
+    assert saved["rows"] == rows
+    text = cifar_train.table(rows)
+    assert "| variant |" in text and "| channels_last | fp32 | adjoint |" in text
+    assert "RuntimeError: no compiler here" in text
+
+
+def test_benchmark_default_is_one_base_variant(cifar_train, tmp_path: Path) -> None:
+    args = cifar_train.parse_args(_bench_argv(tmp_path / "ct.json"))
+    assert args.variants == ["base"]
+    args = cifar_train.parse_args(_bench_argv(tmp_path / "ct.json", "--compile", "--channels-last"))
+    assert args.variants == ["channels_last+compile"]
+    args = cifar_train.parse_args(_bench_argv(tmp_path / "ct.json", "--variants",
+                                            "compile+channels_last,base,base"))
+    assert args.variants == ["channels_last+compile", "base"]
+    # rows of an older JSON (no variant) still tabulate
+    assert "| base | fp32 |" in cifar_train.table([{"precision": "fp32", "gradient": "adjoint",
+                                                   "batch_size": 2, "n_steps": 2}])
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--variants", "base,fast"], "--variants"),
+    (["--variants", ","], "--variants"),
+    (["--variants", "compile", "--compile"], "--variants cannot be combined"),
+    (["--variants", "compile", "--warmup", "0"], "--warmup"),
+    (["--time-limit", "0"], "--time-limit"),
+])
+def test_benchmark_bad_arguments_are_named(cifar_train, tmp_path: Path, capsys, extra,
+                                           message) -> None:
+    with pytest.raises(SystemExit):
+        cifar_train.parse_args(_bench_argv(tmp_path / "ct.json", *extra))
+    assert message in capsys.readouterr().err
+
+
+def test_benchmark_time_limit_skips_the_rest(cifar_train, tmp_path: Path, monkeypatch) -> None:
+    clock = iter(range(0, 10_000, 10))  # every reading of the script's clock: 10 s later
+    monkeypatch.setattr(cifar_train, "time", types.SimpleNamespace(
+        perf_counter=lambda: float(next(clock))))
+    ran = []
+
+    def fake_run(args, nets, row, device):
+        ran.append(row["variant"])
+        row |= {"step_seconds": 1.0, "images_per_s": 2.0}
+        return row
+
+    monkeypatch.setattr(cifar_train, "run_config", fake_run)
+    out = tmp_path / "ct.json"
+    # started at 0; each configuration reads the clock once before it starts: 10, 20, ...
+    rows = cifar_train.main(_bench_argv(out, "--variants", "base,channels_last",
+                                      "--gradients", "backprop", "adjoint",
+                                      "--time-limit", "25"))
+    assert ran == ["base", "base"]
+    assert [("skipped" in r) for r in rows] == [False, False, True, True]
+    assert all("--time-limit 25 s" in r["skipped"] for r in rows[2:])
+    assert json.loads(out.read_text())["rows"] == rows

@@ -9,8 +9,10 @@ import time
 
 import pytest
 import torch
+from conftest import needs_cpp_compiler
 
 from sdeflow.nets import (
+    AttnBlock,
     FourierMLP,
     FourierTimeFeatures,
     GaussianFourierFeatures,
@@ -207,6 +209,190 @@ def test_unet_argument_validation():
         UNet(3, ch=8, dropout=1.5)
     with pytest.raises(TypeError, match="ch must be an int"):
         UNet(3, ch=8.0)
+
+
+def _attention_by_formula(block: AttnBlock, x: torch.Tensor) -> torch.Tensor:
+    """``x + W_o softmax(Q K^T / sqrt(C)) V`` with ``(Q, K, V) = W_qkv GN(x)``, written out with
+    einsum and softmax: one row of Q, K, V per pixel."""
+    b, c, h, w = x.shape
+    qkv = block.qkv(block.norm(x)).reshape(b, 3 * c, h * w)
+    q, k, v = (qkv[:, i * c : (i + 1) * c].transpose(1, 2) for i in range(3))  # (B, HW, C)
+    weights = torch.softmax(torch.einsum("bic,bjc->bij", q, k) / math.sqrt(c), dim=-1)
+    attended = torch.einsum("bij,bjc->bic", weights, v)  # (B, HW, C)
+    return x + block.proj_out(attended.transpose(1, 2).reshape(b, c, h, w))
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
+def test_attention_block_equals_the_softmax_formula(layout):
+    torch.manual_seed(0)
+    block = AttnBlock(16, num_groups=4).double()
+    for p in block.parameters():  # GroupNorm starts at (1, 0): perturb it to test it too
+        torch.nn.init.normal_(p, std=0.3)
+    # H != W: a mixed-up height and width would not go unnoticed
+    x = torch.randn(2, 16, 5, 3, dtype=torch.float64)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+        block = block.to(memory_format=torch.channels_last)
+    elif layout == "strided":  # neither contiguous nor channels_last
+        x = torch.randn(2, 16, 10, 3, dtype=torch.float64)[:, :, ::2]
+        assert not x.is_contiguous() and not x.is_contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    out, expected = block(x), _attention_by_formula(block, x)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-12)
+    assert (out - x).abs().max() > 1e-2  # the attention branch is not negligible
+    # the output keeps x's layout
+    assert out.is_contiguous(memory_format=torch.channels_last) == (layout == "channels_last")
+
+    cotangent = torch.randn_like(expected)
+    inputs = [x, *block.parameters()]
+    grads = torch.autograd.grad(out, inputs, cotangent)
+    expected_grads = torch.autograd.grad(expected, inputs, cotangent)
+    for name, g, e in zip(["x", *(n for n, _ in block.named_parameters())], grads,
+                          expected_grads, strict=True):
+        assert e.abs().max() > 0, name
+        torch.testing.assert_close(g, e, rtol=0, atol=1e-12, msg=name)
+
+
+def _channels_last_copy(net: UNet) -> UNet:
+    clone = pickle.loads(pickle.dumps(net))
+    return clone.to(memory_format=torch.channels_last)
+
+
+def _perturbed_unet() -> UNet:
+    # attention at both resolutions (8 and 4) and in the middle; zero-initialized nothing
+    torch.manual_seed(0)
+    net = tiny_unet(attn_resolutions=(8, 4)).double().eval()
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if "norm" in name:  # GroupNorm starts at (1, 0): make its affine map matter
+                p.add_(0.2 * torch.randn_like(p))
+    return net
+
+
+def test_unet_channels_last_equals_nchw():
+    net = _perturbed_unet()
+    cl = _channels_last_copy(net)
+    assert cl.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not cl.conv_in.weight.is_contiguous()
+    x = torch.randn(B, 2, 8, 8, dtype=torch.float64)
+    t = torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64)
+    expected = net(x, t)
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    strided = torch.randn(B, 2, 16, 8, dtype=torch.float64)[:, :, ::2]
+    with torch.no_grad():
+        strided.copy_(x)  # the same values, neither layout
+    assert not strided.is_contiguous()
+    for model, inp in [(cl, x_cl), (cl, x), (net, x_cl), (net, strided), (cl, strided)]:
+        torch.testing.assert_close(model(inp, t), expected, rtol=0, atol=1e-12)
+    # the channels_last net with channels_last input computes in channels_last throughout
+    assert cl(x_cl, t).is_contiguous(memory_format=torch.channels_last)
+
+
+def test_unet_channels_last_gradients_equal_nchw():
+    net = _perturbed_unet()
+    cl = _channels_last_copy(net)
+    x = torch.randn(B, 2, 8, 8, dtype=torch.float64, requires_grad=True)
+    x_cl = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    cotangent = torch.randn(B, 2, 8, 8, dtype=torch.float64)
+    (net(x, 0.3) * cotangent).sum().backward()
+    (cl(x_cl, 0.3) * cotangent).sum().backward()
+    torch.testing.assert_close(x_cl.grad, x.grad, rtol=0, atol=1e-12)
+    cl_params = dict(cl.named_parameters())
+    for name, p in net.named_parameters():
+        assert p.grad.abs().max() > 0, name
+        torch.testing.assert_close(cl_params[name].grad, p.grad, rtol=0, atol=1e-12, msg=name)
+
+
+@pytest.mark.slow
+@needs_cpp_compiler
+def test_unet_under_torch_compile_equals_eager():
+    net = _perturbed_unet().float()
+    compiled = torch.compile(net)
+    x = torch.randn(B, 2, 8, 8)
+    torch.testing.assert_close(compiled(x, 0.4), net(x, 0.4), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+def test_unet_attention_feeds_the_fused_kernel_layout(channels_last):
+    # fused attention kernels (CPU flash attention here) need the features at unit stride;
+    # with only them allowed, a layout they reject raises instead of falling back to the
+    # unfused math
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    net = _perturbed_unet().float()
+    x = torch.randn(B, 2, 8, 8)
+    expected = net(x, 0.3)
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
+        out = net(x, 0.3)
+        out.square().sum().backward()
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+def test_unet_attention_runs_a_fused_kernel_on_cuda(channels_last):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    torch.manual_seed(0)
+    # the drift net's attention: 256 channels (one head of size 256) at 16x16
+    net = UNet(3, ch=128, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(16,),
+               dropout=0.0).cuda()
+    x = torch.randn(4, 3, 32, 32, device="cuda")
+    reference = net(x, 0.5).detach()  # float32, whichever kernel the device picks
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    # fused kernels only: an input layout they reject raises here instead of falling back
+    with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out = net(x, 0.5)
+        out.float().square().mean().backward()
+    error = (out.float() - reference).norm() / reference.norm()
+    assert error < 0.05, error  # bf16 rounding, not a different function
+    for name, p in net.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("device", [
+    pytest.param("cpu", marks=needs_cpp_compiler),
+    pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
+        not torch.cuda.is_available(), reason="needs a CUDA device")]),
+])
+def test_compiled_unet_adjoint_replays_dropout(device):
+    # the memory-saving adjoint recomputes each step under the forward's random state: with
+    # compiled networks (inductor generates its own dropout) its gradient must still equal
+    # backpropagation's, as in examples/diffflow_cifar.py --compile (adjoint, dropout 0.1)
+    from sdeflow import (
+        Backprop,
+        DiffFlowObjective,
+        ForwardSDE,
+        ReverseSDE,
+        StandardNormal,
+        TimeGrid,
+    )
+    from sdeflow.gradients import StochasticAdjoint
+
+    def gradient(strategy) -> torch.Tensor:
+        torch.manual_seed(0)
+        nets = [UNet(3, ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(16,),
+                     dropout=0.3).to(device) for _ in range(2)]
+        for net in nets:
+            net.compile()
+        objective = DiffFlowObjective(
+            ReverseSDE(ForwardSDE(nets[0], 1.0), nets[1]), StandardNormal((3, 32, 32)).to(device),
+            TimeGrid.power(4, 1e-4, 0.05, 0.9, device=device), gradient=strategy())
+        torch.manual_seed(1)
+        objective(torch.rand(2, 3, 32, 32, device=device)).loss.backward()
+        return torch.cat([p.grad.flatten() for net in nets for p in net.parameters()])
+
+    backprop, adjoint = gradient(Backprop), gradient(StochasticAdjoint)
+    assert backprop.norm() > 0
+    assert (adjoint - backprop).norm() / backprop.norm() < 1e-4
 
 
 def test_fourier_mlp_argument_validation():

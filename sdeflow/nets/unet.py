@@ -78,6 +78,14 @@ class AttnBlock(nn.Module):
     .. math:: \mathrm{out} = x + W_o\, \mathrm{softmax}(Q K^\top / \sqrt{C})\, V,
         \quad (Q, K, V) = W_{qkv}\, \mathrm{GN}(x)
 
+    ``Q, K, V`` have one row per pixel (``HW`` rows of ``C`` features); the attention is
+    computed by :func:`torch.nn.functional.scaled_dot_product_attention` on tensors of shape
+    ``(B, 1, HW, C)`` (one head), which picks a fused kernel where the device has one (flash
+    or memory-efficient attention on CUDA). The features are laid out with unit stride, as
+    the fused kernels require: free for ``channels_last`` inputs, one copy otherwise. A
+    contiguous ``x`` gives a contiguous output, a ``channels_last`` one a ``channels_last``
+    output.
+
     Arguments:
         channels: The channel count ``C``.
         num_groups: The most GroupNorm groups (as in :class:`ResBlock`).
@@ -90,11 +98,25 @@ class AttnBlock(nn.Module):
         self.proj_out = nn.Conv2d(channels, channels, 1)
 
     def forward(self, x: Tensor) -> Tensor:
-        height = x.shape[2]
-        q, k, v = rearrange(self.qkv(self.norm(x)), "b (n c) h w -> n b (h w) c", n=3)
-        weights = torch.softmax(torch.einsum("bic,bjc->bij", q, k) / math.sqrt(q.shape[-1]), -1)
-        h = rearrange(torch.einsum("bij,bjc->bic", weights, v), "b (h w) c -> b c h w", h=height)
-        return x + self.proj_out(h)
+        height, channels = x.shape[2], x.shape[1]
+        # (B, 3C, H, W) -> (B, 3, HW, C): a view for contiguous and channels_last tensors
+        qkv = rearrange(self.qkv(self.norm(x)), "b (n c) h w -> b n (h w) c", n=3)
+        if qkv.stride(-1) != 1:  # contiguous (NCHW) input: the pixels were the unit stride
+            qkv = qkv.contiguous()
+        q, k, v = qkv.unsqueeze(2).unbind(1)  # each (B, 1, HW, C): one head
+        h = nn.functional.scaled_dot_product_attention(
+            q, k, v, scale=1.0 / math.sqrt(channels)
+        )
+        h = rearrange(h, "b 1 (h w) c -> b c h w", h=height)
+        return x + self.proj_out(h.contiguous(memory_format=_memory_format(x)))
+
+
+def _memory_format(x: Tensor) -> torch.memory_format:
+    """``channels_last`` when ``x`` is laid out so (and not also plainly contiguous), else
+    ``contiguous_format``."""
+    if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
 
 
 class _Level(nn.Module):
@@ -148,6 +170,12 @@ class UNet(nn.Module):
     Sizes: the paper's CIFAR-10 drift net is ``UNet(3, ch=128)`` (35.7M parameters), its score
     net ``UNet(3, ch=64)`` (8.9M); ``UNet(3, ch=8, ch_mult=(1, 2), num_res_blocks=1,
     attn_resolutions=(), image_size=8)`` is a CPU smoke model.
+
+    Memory format: the net computes the same function for contiguous (NCHW) and
+    ``channels_last`` inputs and weights (``net.to(memory_format=torch.channels_last)``), and
+    for inputs of any strides; ``channels_last`` (weights and inputs) may run faster on GPUs, to
+    be measured (``benchmarks/cifar_train.py --variants base,channels_last``). The net also
+    runs under :func:`torch.compile`.
 
     Arguments:
         in_channels: The image channels ``C``.
