@@ -274,6 +274,11 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     def save() -> None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2) + "\n")
+        header = (f"DiffFlow training step at CIFAR-10 size, N = {args.n_steps}: drift U-Net "
+                  f"{counts[0] / 1e6:.2f}M and score U-Net {counts[1] / 1e6:.2f}M parameters; "
+                  f"{result['device_name']}, torch {result['torch']}; median of {args.iters} "
+                  f"steps after {args.warmup} warm-up steps.")
+        args.out.with_suffix(".md").write_text(header + "\n\n" + table(rows) + "\n")
 
     for variant in args.variants:
         features = parse_variant(variant)
