@@ -61,19 +61,10 @@ def matmul_op(device: torch.device) -> tuple[Callable, float]:
     return (lambda: a @ b), 2.0 * n**3
 
 
-#: ``--gelu``: how the networks' GELU layers differentiate (``sdeflow.nets.GELU``).
-GELU_MODES = {"auto": None, "precomputed": True, "native": False}
-_gelu_mode = "auto"
-
-
 def fourier_mlp(width: int, depth: int):
-    from sdeflow.nets import GELU, FourierMLP
+    from sdeflow.nets import FourierMLP
 
-    net = FourierMLP(DIM, width=width, depth=depth, activation="gelu")
-    for module in net.modules():
-        if isinstance(module, GELU):
-            module.precompute_derivative = GELU_MODES[_gelu_mode]
-    return net
+    return FourierMLP(DIM, width=width, depth=depth, activation="gelu")
 
 
 def useful_flops(n_steps: int, batch: int, width: int, depth: int) -> float:
@@ -176,14 +167,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--depth", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", type=Path, default=RESULTS)
-    parser.add_argument("--gelu", choices=sorted(GELU_MODES), default="auto",
-                        help="GELU derivative: computed in the forward pass (precomputed), in "
-                        "the backward pass (native), or the library's default (auto)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's; 1: steadier on a busy machine)")
     args = parser.parse_args(argv)
-    global _gelu_mode
-    _gelu_mode = args.gelu
     if args.threads:
         torch.set_num_threads(args.threads)
     batch = args.batch or (1000 if args.quick else 5000)
@@ -252,8 +238,7 @@ def main(argv: list[str] | None = None) -> dict:
         "reference_memory_ratio_hi_lo": mem("reference", n_hi) / mem("reference", n_lo),
     }
     result = dict(
-        config=dict(batch=batch, width=args.width, depth=args.depth, gelu=args.gelu, g=G,
-                    grid=[T0, T1, EXPONENT],
+        config=dict(batch=batch, width=args.width, depth=args.depth, g=G, grid=[T0, T1, EXPONENT],
                     repeats=repeats, quick=args.quick, steps=args.steps),
         machine=dict(device=str(device), name=(torch.cuda.get_device_name(device)
                                                if device.type == "cuda" else platform.processor()
@@ -274,8 +259,7 @@ def markdown(result: dict) -> str:
     c, m, t = result["config"], result["machine"], result["targets"]
     lines = [
         f"DiffFlow training step, batch {c['batch']}, two FourierMLP(width {c['width']}, depth "
-        f"{c['depth']}, GELU derivative: {c.get('gelu', 'auto')}); {m['device']} ({m['name']}, "
-        f"{m['torch_threads']} threads, torch "
+        f"{c['depth']}); {m['device']} ({m['name']}, {m['torch_threads']} threads, torch "
         f"{m['torch']}); float32 matmul {result['matmul_gflops']:.1f} GFLOP/s (median; the "
         f"share uses the rate measured alongside each N).",
         "",

@@ -5,7 +5,6 @@ DDPM-style U-Net for images, and the time features/embeddings they share.
 or ``(B,)`` (one time per sample).
 """
 
-from .gelu import GELU
 from .mlp import ACTIVATIONS, FourierMLP
 from .time import (
     FourierTimeFeatures,
@@ -20,7 +19,6 @@ __all__ = [
     "AttnBlock",
     "FourierMLP",
     "FourierTimeFeatures",
-    "GELU",
     "GaussianFourierFeatures",
     "ResBlock",
     "SinusoidalTimeEmbedding",

@@ -7,7 +7,6 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .gelu import GELU
 from .time import (
     FourierTimeFeatures,
     GaussianFourierFeatures,
@@ -20,7 +19,7 @@ __all__ = ["FourierMLP", "ACTIVATIONS"]
 
 #: Activation names accepted by the networks of :mod:`sdeflow.nets`.
 ACTIVATIONS: dict[str, type[nn.Module]] = {
-    "gelu": GELU,
+    "gelu": nn.GELU,
     "silu": nn.SiLU,
     "swish": nn.SiLU,
     "relu": nn.ReLU,
