@@ -18,6 +18,10 @@ strategy (and the plain reference of ``reference_diffflow.py``) it reports, in o
   The reference and the recomputing strategies do more work than this, which shows as a lower
   share.
 
+The process keeps freed memory (:func:`sdeflow.training.retain_freed_memory`; the reference too),
+so that no strategy pays for page-faulting its activations back every step;
+``--no-retain-memory`` measures glibc's default instead.
+
 Run ``python benchmarks/train_step.py`` (``--quick``: batch 1000, 3 repeats). Writes
 ``benchmarks/results/train_step.json`` and ``benchmarks/results/train_step.md``.
 """
@@ -43,6 +47,7 @@ from reference_diffflow import ReferenceFourierMLP, reference_loss  # noqa: E402
 
 from sdeflow import DiffFlowObjective, ForwardSDE, ReverseSDE, StandardNormal, TimeGrid  # noqa: E402
 from sdeflow.gradients import Backprop, Checkpointed, StochasticAdjoint  # noqa: E402
+from sdeflow.training import retain_freed_memory  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 G, T0, T1, EXPONENT, DIM = 0.2, 1e-3, 0.05, 0.9, 2
@@ -167,11 +172,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--depth", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--no-retain-memory", action="store_true",
+                        help="leave glibc's malloc returning freed memory to the OS (see "
+                        "sdeflow.training.retain_freed_memory)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's; 1: steadier on a busy machine)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    retained = False if args.no_retain_memory else retain_freed_memory()
     batch = args.batch or (1000 if args.quick else 5000)
     repeats = args.repeats or (3 if args.quick else 7)
     device = torch.device(args.device)
@@ -244,6 +253,7 @@ def main(argv: list[str] | None = None) -> dict:
                                                if device.type == "cuda" else platform.processor()
                                                or platform.machine()),
                      cpu_count=os.cpu_count(), torch_threads=torch.get_num_threads(),
+                     freed_memory_retained=retained,
                      torch=torch.__version__, python=platform.python_version()),
         matmul_gflops=statistics.median(rates) / 1e9, reference_gradient_max_rel_diff=grad_diff,
         rows=rows, targets=targets,
@@ -260,7 +270,8 @@ def markdown(result: dict) -> str:
     lines = [
         f"DiffFlow training step, batch {c['batch']}, two FourierMLP(width {c['width']}, depth "
         f"{c['depth']}); {m['device']} ({m['name']}, {m['torch_threads']} threads, torch "
-        f"{m['torch']}); float32 matmul {result['matmul_gflops']:.1f} GFLOP/s (median; the "
+        f"{m['torch']}{', freed memory retained' if m.get('freed_memory_retained') else ''}); "
+        f"float32 matmul {result['matmul_gflops']:.1f} GFLOP/s (median; the "
         f"share uses the rate measured alongside each N).",
         "",
         "| N | strategy | s / step | speed-up vs reference | peak memory (MiB) | "

@@ -215,7 +215,7 @@ def run_toy(args: argparse.Namespace) -> dict[str, Any]:
     """Train and evaluate one model on one 2D data set; returns the metrics written."""
     from sdeflow import plotting
     from sdeflow.data import load_toy
-    from sdeflow.training import TensorBatches, Trainer, load_checkpoint
+    from sdeflow.training import TensorBatches, Trainer, load_checkpoint, retain_freed_memory
 
     out = args.out or Path("runs") / f"toy-{args.dataset}-{args.model}"
     out.mkdir(parents=True, exist_ok=True)
@@ -246,6 +246,7 @@ def run_toy(args: argparse.Namespace) -> dict[str, Any]:
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    retain_freed_memory()  # no page faults re-acquiring each step's activations (CPU)
     seed_everything(args.seed)
     train, test, pre = load_toy(args.dataset, args.n_train, args.n_test, seed=args.seed)
     model = build_toy_model(args.model, width=args.width, depth=args.depth)

@@ -15,6 +15,7 @@ from sdeflow.training.distributed import (
     init_distributed,
 )
 from sdeflow.training.ema import EMA
+from sdeflow.training.memory import retain_freed_memory
 from sdeflow.training.models import DiffFlowModel, FlowModel, GenerativeModel, ScoreModel
 from sdeflow.training.progressive import ProgressiveSteps
 from sdeflow.training.trainer import NonFiniteError, Trainer, select_device
@@ -36,6 +37,7 @@ __all__ = [
     "TensorBatches",
     "Trainer",
     "load_checkpoint",
+    "retain_freed_memory",
     "save_checkpoint",
     "select_device",
     "verify_checkpoint",
