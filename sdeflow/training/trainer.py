@@ -24,7 +24,6 @@ import contextlib
 import json
 import math
 import os
-import random
 import tempfile
 import time
 import warnings
@@ -32,7 +31,6 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
@@ -41,6 +39,7 @@ from sdeflow.training.batches import BatchSource
 from sdeflow.training.checkpoint import load_checkpoint, save_checkpoint
 from sdeflow.training.distributed import DistributedContext
 from sdeflow.training.ema import EMA
+from sdeflow.training.rng import get_rng_state, set_rng_state
 
 __all__ = ["Trainer", "NonFiniteError", "get_rng_state", "set_rng_state", "select_device"]
 
@@ -60,32 +59,6 @@ def select_device(device: str | torch.device | None = None) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device} requested but CUDA is not available")
     return device
-
-
-def get_rng_state() -> dict[str, Any]:
-    """Every global RNG state (torch CPU and CUDA, numpy, python) as checkpointable values."""
-    # the legacy global numpy RNG is the one user code seeds with np.random.seed
-    key, pos, has_gauss, cached = np.random.get_state()[1:]  # noqa: NPY002
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": {"key": torch.from_numpy(key.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
-        "python": random.getstate(),
-    }
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore the states saved by :func:`get_rng_state`."""
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    np_state = state["numpy"]
-    key = np_state["key"].numpy().astype(np.uint32)
-    legacy = ("MT19937", key, np_state["pos"], np_state["has_gauss"], np_state["cached_gaussian"])
-    np.random.set_state(legacy)  # noqa: NPY002
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
 
 
 class Trainer:
