@@ -334,7 +334,7 @@ class Trainer:
                     step == self.steps or (self.checkpoint_every and
                                            step % self.checkpoint_every == 0)
                 ):
-                    self._save_on_main()
+                    self._write_checkpoint()
                 for callback in self.callbacks:  # last: they see this step's checkpoint
                     callback(self, step, record)
         finally:
@@ -407,7 +407,7 @@ class Trainer:
                          for k, v in mean.items()}
 
     # -- side outputs (rank 0) -----------------------------------------------------------------
-    def _save_on_main(self) -> None:
+    def _write_checkpoint(self) -> None:
         """Called on every rank: gathers each rank's RNG state (so that a resumed
         multi-process run repeats the uninterrupted one draw for draw), then rank 0 writes."""
         rng_ranks = (self.distributed.all_gather_object(get_rng_state())
