@@ -137,8 +137,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="bf16 autocast on CUDA (the CPU always trains in fp32)")
     p.add_argument("--device", type=str, default=None, help="default: CUDA when available")
     p.add_argument("--channels-last", action="store_true",
-                   help="for GPUs: networks and batches in torch.channels_last; measure first "
-                        "with benchmarks/cifar_train.py --variants base,channels_last")
+                   help="for GPUs: networks and batches in torch.channels_last (slower on an "
+                        "H200, see docs/benchmarks.md); measure first with "
+                        "benchmarks/cifar_train.py --variants base,channels_last")
     p.add_argument("--compile", action="store_true",
                    help="for GPUs: torch.compile the trained networks (the first steps "
                         "compile); measure first with benchmarks/cifar_train.py --variants "
