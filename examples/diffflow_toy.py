@@ -28,7 +28,7 @@ from sdeflow.data import load_toy
 from sdeflow.likelihood import ode_log_likelihood
 from sdeflow.nets import FourierMLP
 from sdeflow.plotting import plot_density_2d, plot_samples_2d
-from sdeflow.training import EMA
+from sdeflow.training import EMA, retain_freed_memory
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--dataset", default="checkerboard")
@@ -37,6 +37,7 @@ parser.add_argument("--batch-size", type=int, default=1000)
 parser.add_argument("--out", type=Path, default=Path("runs/example-diffflow-toy"))
 args = parser.parse_args()
 torch.manual_seed(0)
+retain_freed_memory()  # CPU: keep each step's freed activations instead of page-faulting them back
 
 # Data: standardized train/test samples and the preprocessing map (pre.inverse: back to data).
 train, test, pre = load_toy(args.dataset, 100_000, 2_000, seed=0)
