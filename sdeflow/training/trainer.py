@@ -262,12 +262,14 @@ class Trainer:
         else:
             torch.manual_seed(int(torch.randint(2**62, ())) + self.rank)
 
-    def save_checkpoint(self, path: str | os.PathLike | None = None) -> Path:
-        """Write the state atomically to ``path`` (default the run's checkpoint)."""
+    def save_checkpoint(self, path: str | os.PathLike | None = None, *,
+                        extra: dict[str, Any] | None = None) -> Path:
+        """Write the state, plus the entries of ``extra``, atomically to ``path`` (default the
+        run's checkpoint)."""
         path = Path(path) if path is not None else self.checkpoint_path
         if path is None:
             raise ValueError("path must be given when the trainer has no out_dir")
-        save_checkpoint(self.state_dict(), path)
+        save_checkpoint(self.state_dict() | (extra or {}), path)
         self.last_checkpoint = (path, self.step)
         return path
 
@@ -413,12 +415,7 @@ class Trainer:
         rng_ranks = (self.distributed.all_gather_object(get_rng_state())
                      if self.distributed is not None and self.world_size > 1 else None)
         if self.is_main:
-            state = self.state_dict()
-            if rng_ranks is not None:
-                state["rng_ranks"] = rng_ranks
-            path = self.checkpoint_path
-            save_checkpoint(state, path)
-            self.last_checkpoint = (path, self.step)
+            self.save_checkpoint(extra=None if rng_ranks is None else {"rng_ranks": rng_ranks})
 
     def _log(self, record: dict[str, Any]) -> None:
         if not self.is_main or self.metrics_path is None:
