@@ -6,10 +6,11 @@ strategy (and the plain reference of ``reference_diffflow.py``) it reports, in o
 
 - seconds per training step (fresh noise, loss, backward, Adam step): the median over repeats,
   the strategies interleaved so that load on a shared machine hits them alike;
-- peak memory of forward + backward above the level at its start. CUDA: ``max_memory_allocated``.
-  CPU: the running sum of the allocation/free events that ``torch.profiler`` (``profile_memory``)
-  records from PyTorch's CPU allocator, so activations, carries, transients and gradients all
-  count, in a separate untimed run;
+- peak memory of forward + backward above the level at its start, in a separate untimed run
+  after a warm-up: activations, carries, transients and gradients all count. CUDA:
+  ``max_memory_allocated``. CPU (Linux): the rise of the resident set's high-water mark
+  (``VmHWM``, reset through ``/proc/self/clear_refs``) after ``malloc_trim``, so that the
+  allocations of every thread count (``torch.profiler`` sees only the thread that runs it);
 - useful FLOP/s as a share of this machine's measured float32 matmul rate (a large square
   sgemm timed between the training steps, median per N, so that it sees the same load).
   Useful FLOPs are counted from the layer shapes: ``3 x (2N + 1)`` network
@@ -29,9 +30,12 @@ Run ``python benchmarks/train_step.py`` (``--quick``: batch 1000, 3 repeats). Wr
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
 import json
 import os
 import platform
+import re
 import statistics
 import sys
 import time
@@ -46,7 +50,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from reference_diffflow import ReferenceFourierMLP, reference_loss  # noqa: E402
 
 from sdeflow import DiffFlowObjective, ForwardSDE, ReverseSDE, StandardNormal, TimeGrid  # noqa: E402
-from sdeflow.gradients import Backprop, Checkpointed, StochasticAdjoint  # noqa: E402
+from sdeflow.gradients import (  # noqa: E402
+    Backprop,
+    Checkpointed,
+    Sharded,
+    StochasticAdjoint,
+)
 from sdeflow.training import retain_freed_memory  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -121,7 +130,8 @@ def make_steps(strategies: dict, n_steps: int, batch: int, width: int, depth: in
 
 
 def peak_memory(fn: Callable, device: torch.device) -> int:
-    """Peak bytes allocated while ``fn`` runs, above the level at its start."""
+    """Peak bytes allocated by the calling thread while ``fn`` runs, above the level at its
+    start (CUDA: every stream's)."""
     if device.type == "cuda":
         sync(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -140,6 +150,33 @@ def peak_memory(fn: Callable, device: torch.device) -> int:
         current += e.nbytes()
         peak = max(peak, current)
     return peak
+
+
+def peak_rss(fn: Callable) -> int | None:
+    """Rise of the process's resident-set high-water mark while ``fn`` runs (every thread's
+    memory, with the C library's overhead), after handing every arena's free memory back.
+    Linux only (``/proc/self/clear_refs`` resets the mark); None elsewhere."""
+    clear_refs = Path("/proc/self/clear_refs")
+    if not clear_refs.exists():
+        return None
+    ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    base = _proc_status_bytes("VmRSS")
+    clear_refs.write_text("5")
+    fn()
+    return _proc_status_bytes("VmHWM") - base
+
+
+def _mib(nbytes: int | None) -> float | None:
+    return None if nbytes is None else nbytes / 2**20
+
+
+def _fmt_mib(mib_or_bytes: float | None, scale: float = 2**20) -> str:
+    return "-" if mib_or_bytes is None else f"{mib_or_bytes / scale:.1f}"
+
+
+def _proc_status_bytes(key: str) -> int:
+    status = Path("/proc/self/status").read_text()
+    return int(re.search(rf"^{key}:\s+(\d+) kB", status, re.MULTILINE).group(1)) * 1024
 
 
 def check_same_gradient() -> float:
@@ -186,6 +223,9 @@ def main(argv: list[str] | None = None) -> dict:
     device = torch.device(args.device)
     strategies = {"reference": None, "Backprop": Backprop(),
                   "StochasticAdjoint": StochasticAdjoint(), "Checkpointed(5)": Checkpointed(5)}
+    if device.type == "cpu" and torch.get_num_threads() > 1:  # batch shards in CPU threads
+        strategies.update({"Sharded(Backprop)": Sharded(Backprop()),
+                           "Sharded(StochasticAdjoint)": Sharded(StochasticAdjoint())})
 
     matmul, matmul_flops = matmul_op(device)
     grad_diff = check_same_gradient()
@@ -194,8 +234,14 @@ def main(argv: list[str] | None = None) -> dict:
     rows = []
     for n_steps in args.steps:
         steps = make_steps(strategies, n_steps, batch, args.width, args.depth, device, seed=0)
-        memory = {name: peak_memory(fb, device) for name, (_, fb) in steps.items()}
-        for train_step, _ in steps.values():  # warm-up
+        for train_step, _ in steps.values():  # warm-up (and Adam's state)
+            train_step()
+        # The profiler sees only this thread: Sharded's threads get the RSS figure alone.
+        memory = {name: None if isinstance(strategies[name], Sharded) else peak_memory(fb, device)
+                  for name, (_, fb) in steps.items()}
+        rss = {name: peak_rss(fb) if device.type == "cpu" else None
+               for name, (_, fb) in steps.items()}
+        for train_step, _ in steps.values():  # page the trimmed memory back in
             train_step()
         times: dict[str, list[float]] = {name: [] for name in steps}
         mm_times = []
@@ -221,30 +267,38 @@ def main(argv: list[str] | None = None) -> dict:
             sec = statistics.median(times[name])
             rows.append(dict(strategy=name, n_steps=n_steps, seconds=sec,
                              speedup_vs_reference=ref_time / sec,
-                             peak_memory_mb=memory[name] / 2**20,
-                             memory_vs_reference=memory[name] / memory["reference"],
+                             peak_memory_mb=_mib(memory[name]),
+                             memory_vs_reference=(None if memory[name] is None
+                                                  else memory[name] / memory["reference"]),
+                             peak_rss_mb=_mib(rss[name]),
                              useful_gflops=flops / sec / 1e9, matmul_share=flops / sec / rate))
-            print(f"N={n_steps:3d} {name:18s} {sec:8.4f} s  x{ref_time / sec:5.2f}  "
-                  f"{memory[name] / 2**20:9.1f} MiB  share {flops / sec / rate:5.1%}")
+            print(f"N={n_steps:3d} {name:26s} {sec:8.4f} s  x{ref_time / sec:5.2f}  "
+                  f"allocated {_fmt_mib(memory[name])} MiB  RSS {_fmt_mib(rss[name])} MiB  "
+                  f"share {flops / sec / rate:5.1%}")
         del steps
 
-    def mem(name: str, n: int) -> float | None:
-        return next((r["peak_memory_mb"] for r in rows
-                     if r["strategy"] == name and r["n_steps"] == n), None)
+    def ratio_hi_lo(name: str, key: str) -> float | None:
+        at = {r["n_steps"]: r[key] for r in rows if r["strategy"] == name}
+        lo, hi = at.get(min(args.steps)), at.get(max(args.steps))
+        return None if lo is None or hi is None else hi / lo
 
-    n_lo, n_hi = min(args.steps), max(args.steps)
-    n_mid = 30 if 30 in args.steps else n_hi
+    n_mid = 30 if 30 in args.steps else max(args.steps)
     at_mid = [r for r in rows if r["n_steps"] == n_mid and r["strategy"] != "reference"]
     fastest = max(at_mid, key=lambda r: r["speedup_vs_reference"])
     adjoint = next(r for r in at_mid if r["strategy"] == "StochasticAdjoint")
+    sharded = next((r for r in at_mid if r["strategy"] == "Sharded(StochasticAdjoint)"), None)
     targets = {
         "fastest_strategy": fastest["strategy"],
         "fastest_speedup_vs_reference": fastest["speedup_vs_reference"],
         "fastest_matmul_share": fastest["matmul_share"],
         "adjoint_speedup_vs_reference": adjoint["speedup_vs_reference"],
-        "adjoint_memory_ratio_hi_lo": mem("StochasticAdjoint", n_hi) / mem("StochasticAdjoint",
-                                                                           n_lo),
-        "reference_memory_ratio_hi_lo": mem("reference", n_hi) / mem("reference", n_lo),
+        "adjoint_memory_ratio_hi_lo": ratio_hi_lo("StochasticAdjoint", "peak_memory_mb"),
+        "reference_memory_ratio_hi_lo": ratio_hi_lo("reference", "peak_memory_mb"),
+        "adjoint_rss_ratio_hi_lo": ratio_hi_lo("StochasticAdjoint", "peak_rss_mb"),
+        "sharded_adjoint_speedup_vs_reference": sharded and sharded["speedup_vs_reference"],
+        "sharded_adjoint_rss_ratio_hi_lo": ratio_hi_lo("Sharded(StochasticAdjoint)",
+                                                       "peak_rss_mb"),
+        "reference_rss_ratio_hi_lo": ratio_hi_lo("reference", "peak_rss_mb"),
     }
     result = dict(
         config=dict(batch=batch, width=args.width, depth=args.depth, g=G, grid=[T0, T1, EXPONENT],
@@ -274,22 +328,36 @@ def markdown(result: dict) -> str:
         f"float32 matmul {result['matmul_gflops']:.1f} GFLOP/s (median; the "
         f"share uses the rate measured alongside each N).",
         "",
-        "| N | strategy | s / step | speed-up vs reference | peak memory (MiB) | "
-        "memory vs reference | share of matmul rate |",
-        "|---:|---|---:|---:|---:|---:|---:|",
+        "| N | strategy | s / step | speed-up vs reference | peak allocated (MiB) | "
+        "allocated vs reference | peak RSS rise (MiB) | share of matmul rate |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in result["rows"]:
+        vs_ref = r["memory_vs_reference"]
         lines.append(f"| {r['n_steps']} | {r['strategy']} | {r['seconds']:.4f} | "
-                     f"{r['speedup_vs_reference']:.2f}x | {r['peak_memory_mb']:.1f} | "
-                     f"{r['memory_vs_reference']:.2f} | {r['matmul_share']:.0%} |")
+                     f"{r['speedup_vs_reference']:.2f}x | {_fmt_mib(r['peak_memory_mb'], 1)} | "
+                     f"{'-' if vs_ref is None else f'{vs_ref:.2f}'} | "
+                     f"{_fmt_mib(r.get('peak_rss_mb'), 1)} | {r['matmul_share']:.0%} |")
+
+    def x(value: float | None) -> str:
+        return "-" if value is None else f"{value:.2f}x"
+
     lines += [
+        "",
+        "Peak allocated: PyTorch's CPU allocations in the thread that runs the step "
+        "(`torch.profiler`), so not for `Sharded`, whose shards run in their own threads. Peak "
+        "RSS rise: the process's resident-set high-water mark over the step, every thread and "
+        "the C library's own overhead included (Linux).",
         "",
         f"Targets (N = 30): fastest ({t['fastest_strategy']}) "
         f"{t['fastest_speedup_vs_reference']:.2f}x the reference (>= 2x) at "
         f"{t['fastest_matmul_share']:.0%} of the matmul rate (>= 60%); StochasticAdjoint "
-        f"{t['adjoint_speedup_vs_reference']:.2f}x the reference (> 1x), its peak memory at the "
-        f"largest N {t['adjoint_memory_ratio_hi_lo']:.2f}x that at the smallest (<= 1.3x; "
-        f"reference: {t['reference_memory_ratio_hi_lo']:.2f}x).",
+        f"{t['adjoint_speedup_vs_reference']:.2f}x the reference (> 1x), its peak allocated "
+        f"memory at the largest N {x(t['adjoint_memory_ratio_hi_lo'])} that at the smallest "
+        f"(<= 1.3x; reference: {x(t['reference_memory_ratio_hi_lo'])}); peak RSS rise, largest "
+        f"N over smallest: StochasticAdjoint {x(t.get('adjoint_rss_ratio_hi_lo'))}, "
+        f"Sharded(StochasticAdjoint) {x(t.get('sharded_adjoint_rss_ratio_hi_lo'))}, reference "
+        f"{x(t.get('reference_rss_ratio_hi_lo'))}.",
         "",
     ]
     return "\n".join(lines)

@@ -15,7 +15,13 @@ from sdeflow.discretizers import (
     StochasticHeun,
     register_discretizer,
 )
-from sdeflow.gradients import Backprop, Checkpointed, GradientStrategy, StochasticAdjoint
+from sdeflow.gradients import (
+    Backprop,
+    Checkpointed,
+    GradientStrategy,
+    Sharded,
+    StochasticAdjoint,
+)
 from sdeflow.grids import TimeGrid
 from sdeflow.likelihood import (
     LikelihoodResult,
@@ -89,6 +95,7 @@ __all__ = [
     "LinearSchedule",
     "ReverseSDE",
     "Schedule",
+    "Sharded",
     "StandardNormal",
     "StochasticAdjoint",
     "StochasticHeun",

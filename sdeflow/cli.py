@@ -34,7 +34,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["main", "build_parser", "run_toy", "build_toy_model", "MODELS", "PAPER_2D_CONFIG"]
+__all__ = ["main", "build_parser", "run_toy", "build_toy_model", "MODELS", "GRADIENTS",
+           "PAPER_2D_CONFIG"]
 
 MODELS: tuple[str, ...] = ("diffflow", "score", "flow")
 
@@ -57,6 +58,8 @@ MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 GRID = {"n_steps": 30, "t0": 1e-3, "t1": 0.05, "exponent": 0.9}
 DIFFUSION = 0.2
+#: DiffFlow's gradient strategies by ``--gradient`` name (:mod:`sdeflow.gradients`).
+GRADIENTS: tuple[str, ...] = ("backprop", "adjoint", "sharded", "sharded-adjoint")
 
 
 def _datasets() -> tuple[str, ...]:
@@ -86,6 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="batch size (default: " + _per_model("batch_size") + "; paper: 5000)")
     toy.add_argument("--lr", type=_positive_float, default=None,
                      help="learning rate (default: " + _per_model("lr") + "; paper: 1e-2)")
+    toy.add_argument("--gradient", default="backprop", choices=GRADIENTS,
+                     help="DiffFlow's gradient strategy (default: %(default)s). adjoint: the "
+                          "paper's stochastic adjoint, memory flat in N; sharded(-adjoint): "
+                          "the same on batch slices in parallel CPU threads, faster at the "
+                          "paper's batch of 5000 (docs/benchmarks.md)")
     toy.add_argument("--width", type=_positive_int, default=128, help="MLP width (128)")
     toy.add_argument("--depth", type=_positive_int, default=3, help="MLP hidden layers (3)")
     toy.add_argument("--n-train", type=_positive_int, default=DEFAULTS["n_train"],
@@ -157,18 +165,27 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
 
 
-def build_toy_model(name: str, *, width: int = 128, depth: int = 3) -> torch.nn.Module:
-    """One of :data:`MODELS` in the paper's 2D configuration, on 2D states."""
+def build_toy_model(name: str, *, width: int = 128, depth: int = 3,
+                    gradient: str = "backprop") -> torch.nn.Module:
+    """One of :data:`MODELS` in the paper's 2D configuration, on 2D states; ``gradient`` (one of
+    :data:`GRADIENTS`) is DiffFlow's gradient strategy."""
     from sdeflow import VPSDE, StandardNormal, TimeGrid
+    from sdeflow.gradients import Backprop, Sharded, StochasticAdjoint
     from sdeflow.nets import FourierMLP
     from sdeflow.training import DiffFlowModel, FlowModel, ScoreModel
 
     if name not in MODELS:
         raise ValueError(f"model must be one of {', '.join(MODELS)}; got {name!r}")
+    if gradient not in GRADIENTS:
+        raise ValueError(f"gradient must be one of {', '.join(GRADIENTS)}; got {gradient!r}")
+    if gradient != "backprop" and name != "diffflow":
+        raise ValueError(f"gradient={gradient!r} applies to the diffflow model only, not {name}")
     grid = TimeGrid.power(GRID["n_steps"], GRID["t0"], GRID["t1"], GRID["exponent"])
     if name == "diffflow":
+        inner = StochasticAdjoint() if gradient.endswith("adjoint") else Backprop()
+        strategy = Sharded(inner) if gradient.startswith("sharded") else inner
         return DiffFlowModel(FourierMLP(2, width, depth), FourierMLP(2, width, depth), DIFFUSION,
-                             grid, StandardNormal((2,)))
+                             grid, StandardNormal((2,)), gradient=strategy)
     if name == "score":
         return ScoreModel(FourierMLP(2, width, depth), VPSDE(), (2,), eps=1e-3)
     return FlowModel(FourierMLP(2, width, depth), grid, StandardNormal((2,)))
@@ -223,10 +240,14 @@ def run_toy(args: argparse.Namespace) -> dict[str, Any]:
     for key in ("steps", "batch_size", "lr", "n_grid"):
         if getattr(args, key) is None:
             setattr(args, key, MODEL_DEFAULTS[args.model][key])
+    if args.gradient != "backprop" and args.model != "diffflow":
+        raise SystemExit(f"sdeflow: error: --gradient {args.gradient} applies to --model diffflow "
+                         f"only, not {args.model}")
     lr = args.lr
     config = {"command": "toy", "dataset": args.dataset, "model": args.model,
               "steps": args.steps, "batch_size": args.batch_size, "lr": lr, "width": args.width,
-              "depth": args.depth, "n_train": args.n_train, "n_test": args.n_test,
+              "depth": args.depth, "gradient": args.gradient, "n_train": args.n_train,
+              "n_test": args.n_test,
               "seed": args.seed, "grad_clip": 1.0, "ema_decay": 0.999, "lr_gamma": 0.95,
               "lr_step_size": max(1, args.steps // 30)}
     if args.model == "score":
@@ -249,7 +270,8 @@ def run_toy(args: argparse.Namespace) -> dict[str, Any]:
     retain_freed_memory()  # no page faults re-acquiring each step's activations (CPU)
     seed_everything(args.seed)
     train, test, pre = load_toy(args.dataset, args.n_train, args.n_test, seed=args.seed)
-    model = build_toy_model(args.model, width=args.width, depth=args.depth)
+    model = build_toy_model(args.model, width=args.width, depth=args.depth,
+                            gradient=args.gradient)
     data = TensorBatches(train, args.batch_size, seed=args.seed + 1)
     raw_test = pre.inverse(test)
     trainer = Trainer(

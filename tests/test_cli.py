@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sdeflow.cli import MODELS, main
+from sdeflow.cli import GRADIENTS, MODELS, build_toy_model, main
 from sdeflow.data import TOY_DATASETS
 from sdeflow.training import load_checkpoint
 
@@ -76,6 +76,26 @@ def test_toy_refuses_to_clobber_a_run_and_checks_the_resumed_config(tmp_path, ca
     with pytest.raises(SystemExit, match="model: checkpoint 'diffflow' vs now 'flow'"):
         main(tiny_args(tmp_path, "--resume", "--model", "flow", steps=2))
     assert main(tiny_args(tmp_path, "--overwrite", steps=1)) == 0
+
+
+@pytest.mark.parametrize("name, expected", zip(GRADIENTS, [
+    "Backprop()", "StochasticAdjoint()", "Sharded(Backprop())", "Sharded(StochasticAdjoint())"]))
+def test_gradient_names_build_the_strategies(name, expected):
+    assert repr(build_toy_model("diffflow", width=8, depth=1, gradient=name).objective.gradient) \
+        == expected
+
+
+def test_sharded_gradient_run_and_its_misuse(tmp_path):
+    out = tmp_path / "run"
+    args = tiny_args(out, "--gradient", "sharded-adjoint", steps=2)
+    args[args.index("--threads") + 1] = "2"
+    assert main(args) == 0
+    assert json.loads((out / "metrics.json").read_text())["config"]["gradient"] == "sharded-adjoint"
+    with pytest.raises(SystemExit, match="--gradient adjoint applies to --model diffflow only, "
+                                         "not score"):
+        main(tiny_args(tmp_path / "score", "--model", "score", "--gradient", "adjoint"))
+    with pytest.raises(ValueError, match="gradient must be one of backprop, adjoint"):
+        build_toy_model("diffflow", gradient="sharded-backprop")
 
 
 @pytest.mark.parametrize("flag, bad, valid", [("--dataset", "spiral", TOY_DATASETS),

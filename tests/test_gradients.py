@@ -15,11 +15,12 @@ from sdeflow import (
     StandardNormal,
     TimeGrid,
 )
-from sdeflow.gradients import Backprop, Checkpointed, StochasticAdjoint
+from sdeflow.gradients import Backprop, Checkpointed, Sharded, StochasticAdjoint
 
 DT = torch.float64
 N_STEPS = 5
-STRATEGIES = [StochasticAdjoint(), Checkpointed(2), Checkpointed(8)]
+STRATEGIES = [StochasticAdjoint(), Checkpointed(2), Checkpointed(8), Sharded(shards=2),
+              Sharded(StochasticAdjoint(), shards=3)]
 
 
 class TinyMLP(nn.Module):
@@ -123,7 +124,8 @@ def test_fast_sweep_matches_generic_sweep(schedule):
     torch.testing.assert_close(fast.nelbo, generic.nelbo, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("strategy", [StochasticAdjoint(), Checkpointed(2)], ids=repr)
+@pytest.mark.parametrize("strategy", [StochasticAdjoint(), Checkpointed(2), Sharded(shards=2)],
+                         ids=repr)
 def test_backward_accumulates_into_grad(strategy):
     # loss.backward() fills .grad exactly as Backprop does, and adds to existing .grad.
     reverse, prior = make_problem((2,), "linear")
@@ -152,21 +154,23 @@ def test_dropout_recomputed_with_same_random_state(strategy):
         torch.testing.assert_close(g, g_bp, rtol=0, atol=1e-10)
 
 
-def test_parameters_hidden_in_a_closure_are_an_error():
+@pytest.mark.parametrize("strategy", [StochasticAdjoint(), Sharded(shards=2)], ids=repr)
+def test_parameters_hidden_in_a_closure_are_an_error(strategy):
     net = TinyMLP(2).to(DT)
     reverse = ReverseSDE(ForwardSDE(lambda x, t: net(x, t), 0.5), TinyMLP(2).to(DT))
     objective = DiffFlowObjective(reverse, StandardNormal((2,)).to(DT), make_grid("fixed"),
-                                  gradient=StochasticAdjoint())
+                                  gradient=strategy)
     with pytest.raises(ValueError, match="not among params"):
         objective(torch.randn(3, 2, dtype=DT))
 
 
-def test_no_grad_returns_the_same_values():
+@pytest.mark.parametrize("strategy", [StochasticAdjoint(), Sharded(shards=2)], ids=repr)
+def test_no_grad_returns_the_same_values(strategy):
     reverse, prior = make_problem((2,), "constant")
     grid = make_grid("fixed")
     x0, noise = torch.randn(5, 2, dtype=DT), torch.randn(N_STEPS, 5, 2, dtype=DT)
     expected = DiffFlowObjective(reverse, prior, grid)(x0, noise=noise).nelbo
-    objective = DiffFlowObjective(reverse, prior, grid, gradient=StochasticAdjoint())
+    objective = DiffFlowObjective(reverse, prior, grid, gradient=strategy)
     with torch.no_grad():
         got = objective(x0, noise=noise).nelbo
     assert not got.requires_grad
@@ -183,6 +187,8 @@ def test_repr():
     assert repr(StochasticAdjoint()) == "StochasticAdjoint()"
     assert repr(Checkpointed(4)) == "Checkpointed(segment=4)"
     assert repr(Backprop()) == "Backprop()"
+    assert repr(Sharded()) == "Sharded(Backprop())"
+    assert repr(Sharded(Checkpointed(3), shards=4)) == "Sharded(Checkpointed(segment=3), shards=4)"
 
 
 @pytest.mark.parametrize("lam", [1.0, 0.5, 0.0])

@@ -80,9 +80,7 @@ class VPSDE(LinearSDE):
     :math:`m = e^{-B/2}`, :math:`\sigma^2 = 1 - e^{-B}`.
 
     Example:
-        >>> from abc import abstractmethod
-
-import torch
+        >>> import torch
         >>> sde = VPSDE()
         >>> mean, std = sde.marginal(torch.ones(2, 3), torch.tensor(1.0))
         >>> round(float(mean[0, 0]), 4), round(float(std), 4)
@@ -128,9 +126,7 @@ class SubVPSDE(VPSDE):
     so that :math:`\sigma(t) = 1 - e^{-B(t)}` (the std, not the variance, of VP's form).
 
     Example:
-        >>> from abc import abstractmethod
-
-import torch
+        >>> import torch
         >>> sde = SubVPSDE()
         >>> _, std = sde.marginal(torch.ones(1, 1), torch.tensor(0.5))
         >>> bool(std < VPSDE().marginal(torch.ones(1, 1), torch.tensor(0.5))[1])
@@ -153,9 +149,7 @@ class VESDE(LinearSDE):
     marginal std from :math:`t = 0` is :math:`\sqrt{\sigma(t)^2 - \sigma_{min}^2}`.
 
     Example:
-        >>> from abc import abstractmethod
-
-import torch
+        >>> import torch
         >>> _, std = VESDE(0.01, 50.0).marginal(torch.zeros(1, 2), torch.tensor(1.0))
         >>> round(float(std), 3)
         50.0

@@ -155,7 +155,8 @@ class DiffFlowModel(_GridMixin, GenerativeModel):
         progressive: A :class:`ProgressiveSteps` schedule of :math:`N`.
         discretizer: The Gaussian step scheme (Euler–Maruyama by default).
         gradient: The :class:`~sdeflow.gradients.GradientStrategy` (``Backprop`` by default;
-            ``StochasticAdjoint`` for activation memory flat in :math:`N`).
+            ``StochasticAdjoint`` for activation memory flat in :math:`N`; ``Sharded(...)`` for
+            batch slices in parallel CPU threads).
         sample_grid: Grid for :meth:`sample` (default: the evaluation grid).
 
     References:

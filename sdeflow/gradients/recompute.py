@@ -1,14 +1,5 @@
-r"""Gradient strategies: how a trajectory sweep is differentiated (an object, not a flag).
+r"""Recomputing gradient strategies: the paper's stochastic adjoint and segment checkpointing.
 
-A *sweep* is a recurrence over the grid with a carried state (for DiffFlow: the state
-:math:`x_i` and the forward drift :math:`f(x_i, t_i)` that the next step reuses)
-
-.. math:: c_0 = \mathrm{init}(x_0), \qquad (c_{i+1}, \ell_i) = \mathrm{step}(i, c_i),
-
-returning the final carry and the per-step terms :math:`\ell_i`. A strategy runs it and decides
-what autograd keeps:
-
-- :class:`Backprop` keeps every step's activations (memory grows linearly in :math:`N`);
 - :class:`StochasticAdjoint` (the paper's memory-saving gradient) runs the sweep without a graph,
   keeping only the carries :math:`c_i`, then walks back down the grid recomputing one step at a
   time with a graph and passing the adjoint :math:`\bar c_i = \bar\ell_i\,\partial\ell_i/\partial
@@ -19,78 +10,27 @@ what autograd keeps:
   steps, ``k`` steps of activations alive in the backward pass).
 
 The recomputed steps see the same noise (the sweep holds it) and, with ``preserve_rng_state``,
-the same random state (dropout), so the gradients equal :class:`Backprop`'s exactly up to
-floating-point summation order.
+the same random state (dropout), so the gradients equal :class:`~sdeflow.gradients.Backprop`'s
+exactly up to floating-point summation order.
 """
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
 from contextlib import nullcontext
-from typing import Protocol
 
 import torch
 from torch import Tensor
 
-__all__ = ["Sweep", "GradientStrategy", "Backprop", "StochasticAdjoint", "Checkpointed"]
+from sdeflow.gradients.base import (
+    Backprop,
+    Carry,
+    GradientStrategy,
+    Sweep,
+    autocast_state,
+    check_leaves,
+)
 
-Carry = tuple[Tensor, ...]
-
-
-class Sweep(Protocol):
-    """A recurrence ``init``/``step`` over ``n_steps`` (see the module docstring).
-
-    ``step`` must be a deterministic function of ``(i, carry)``, the parameters and the random
-    state (recomputing strategies call it again in the backward pass).
-    """
-
-    n_steps: int
-
-    def init(self, x0: Tensor) -> Carry: ...
-
-    def step(self, i: int, carry: Carry) -> tuple[Carry, Tensor]: ...
-
-
-class GradientStrategy(ABC):
-    """Base class: ``strategy(sweep, x0, params) -> (final carry, terms (B, N))``.
-
-    ``params`` are the tensors the gradient must reach (the objective passes the trainable
-    parameters of its modules); :class:`Backprop` reaches every leaf regardless.
-    """
-
-    @abstractmethod
-    def __call__(
-        self, sweep: Sweep, x0: Tensor, params: tuple[Tensor, ...]
-    ) -> tuple[Carry, Tensor]:
-        """Run ``sweep`` from ``x0``; returns the final carry and the terms ``(B, N)``."""
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}()"
-
-
-class Backprop(GradientStrategy):
-    """Plain backpropagation through every step: activation memory grows linearly in N.
-
-    Example:
-        >>> import torch
-        >>> class Doubling:
-        ...     n_steps = 3
-        ...     def init(self, x0): return (x0,)
-        ...     def step(self, i, c): return (2 * c[0],), c[0].sum(-1)
-        >>> (x,), terms = Backprop()(Doubling(), torch.ones(1, 2), ())
-        >>> x, terms
-        (tensor([[8., 8.]]), tensor([[2., 4., 8.]]))
-    """
-
-    def __call__(
-        self, sweep: Sweep, x0: Tensor, params: tuple[Tensor, ...]
-    ) -> tuple[Carry, Tensor]:
-        carry = sweep.init(x0)
-        terms = []
-        for i in range(sweep.n_steps):
-            carry, term = sweep.step(i, carry)
-            terms.append(term)
-        return carry, torch.stack(terms, -1)
+__all__ = ["StochasticAdjoint", "Checkpointed"]
 
 
 class _Recompute(GradientStrategy):
@@ -184,20 +124,6 @@ def _rng_devices(x: Tensor) -> list[int]:
     return [x.device.index or 0] if x.is_cuda else []
 
 
-def _autocast_state(device_type: str) -> dict:
-    """The autocast settings in force, to replay them in the backward pass (which autograd runs
-    outside the caller's autocast context): a bf16 forward must be recomputed in bf16."""
-    try:
-        enabled = torch.is_autocast_enabled(device_type)
-        dtype = torch.get_autocast_dtype(device_type)
-    except TypeError:  # torch < 2.4: per-device functions
-        cuda = device_type == "cuda"
-        enabled = torch.is_autocast_enabled() if cuda else torch.is_autocast_cpu_enabled()
-        dtype = torch.get_autocast_gpu_dtype() if cuda else torch.get_autocast_cpu_dtype()
-    return {"device_type": device_type, "enabled": enabled, "dtype": dtype,
-            "cache_enabled": torch.is_autocast_cache_enabled()}
-
-
 def _get_rng(devices: list[int]) -> tuple[Tensor, list[Tensor]]:
     return torch.get_rng_state(), [torch.cuda.get_rng_state(d) for d in devices]
 
@@ -206,21 +132,6 @@ def _set_rng(state: tuple[Tensor, list[Tensor]], devices: list[int]) -> None:
     torch.set_rng_state(state[0])
     for d, s in zip(devices, state[1]):
         torch.cuda.set_rng_state(s, d)
-
-
-def _leaves(outputs: list[Tensor]) -> list[Tensor]:
-    """Every leaf tensor that the graphs of ``outputs`` accumulate gradients into."""
-    seen, stack, found = set(), [t.grad_fn for t in outputs if t.grad_fn is not None], []
-    while stack:
-        fn = stack.pop()
-        if fn is None or fn in seen:
-            continue
-        seen.add(fn)
-        variable = getattr(fn, "variable", None)
-        if variable is not None:
-            found.append(variable)
-        stack.extend(next_fn for next_fn, _ in fn.next_functions)
-    return found
 
 
 class _RecomputeSweep(torch.autograd.Function):
@@ -235,39 +146,40 @@ class _RecomputeSweep(torch.autograd.Function):
         rng: dict[int, tuple[Tensor, list[Tensor]]] = {}
         if strategy.preserve_rng_state:
             rng[0] = _get_rng(devices)
+            # one tensor each (set_rng_state reads a state from the start of its storage)
+            rng_slots = [rng[0][0].new_empty(rng[0][0].shape) for _ in starts]
         carry = sweep.init(x0)
-        terms = []
+        # Kept carries, terms and random states go into buffers allocated once: kept one by one,
+        # they would sit between each step's freed activations and fragment the heap (the
+        # resident set then grew with N: 108 -> 395 MiB from N = 10 to 100, for 64 -> 67 MiB
+        # allocated; benchmarks/train_step.py).
+        bank = [x.new_empty((len(starts), *x.shape)) for x in carry]
+        terms: Tensor | None = None
         for i in range(n):
             if i % k == 0:
-                carries[i] = carry
+                carries[i] = tuple(b[i // k].copy_(x) for b, x in zip(bank, carry))
                 if strategy.preserve_rng_state and i:
-                    rng[i] = _get_rng(devices)
+                    cpu, cuda = _get_rng(devices)
+                    rng[i] = (rng_slots[i // k].copy_(cpu), cuda)
             if i == 0:
                 # One step with a graph: every leaf it reaches must be an input of this Function,
                 # or its gradient would be silently lost (e.g. a network hidden in a lambda).
                 with torch.enable_grad():
                     c = tuple(t.detach().requires_grad_(t.is_floating_point()) for t in carry)
                     carry, term = sweep.step(0, c)
-                known = {id(t) for t in (x0, *params, *c)}
-                foreign = [t for t in _leaves([*carry, term]) if id(t) not in known]
-                if foreign:
-                    raise ValueError(
-                        f"{type(strategy).__name__}: the sweep uses {len(foreign)} tensor(s) "
-                        f"requiring grad that are not among params (shapes "
-                        f"{[tuple(t.shape) for t in foreign[:4]]}); pass networks to the "
-                        f"processes as nn.Module objects so that they are registered, not "
-                        f"inside closures"
-                    )
+                check_leaves(strategy, [*carry, term], [x0, *params, *c])
                 carry, term = tuple(t.detach() for t in carry), term.detach()
             else:
                 carry, term = sweep.step(i, carry)
-            terms.append(term)
+            if terms is None:
+                terms = term.new_empty((*term.shape, n))
+            terms[..., i] = term
         ctx.strategy, ctx.sweep, ctx.starts, ctx.devices = strategy, sweep, starts, devices
         ctx.carries, ctx.rng = carries, rng
-        ctx.autocast = _autocast_state(x0.device.type)
+        ctx.autocast = autocast_state(x0.device.type)
         ctx.n_carry = len(carry)
         ctx.save_for_backward(x0, *params)
-        return (*carry, torch.stack(terms, -1))
+        return (*carry, terms)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
