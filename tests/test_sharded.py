@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 
 import pytest
@@ -192,3 +194,22 @@ def test_networks_held_in_closures_only_keep_their_graph():
         x0, noise=noise).loss, params) for g in (Backprop(), Sharded(shards=2))]
     for g, g_bp in zip(results[1], results[0]):
         torch.testing.assert_close(g, g_bp, rtol=0, atol=1e-10)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_starts_its_own_threads(problem):
+    reverse, prior, grid, x0, noise = problem
+    objective = DiffFlowObjective(reverse, prior, grid, gradient=Sharded(shards=2))
+    expected = objective(x0.detach(), noise=noise).nelbo.detach()  # threads started here
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: the parent's worker threads do not exist here
+        signal.alarm(60)  # waiting on threads that do not exist ends the child, not the test run
+        ok = torch.equal(objective(x0.detach(), noise=noise).nelbo.detach(), expected)
+        os.write(write, b"1" if ok else b"0")
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        answer = pipe.read()
+    os.waitpid(pid, 0)
+    assert answer == b"1"

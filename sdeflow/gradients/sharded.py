@@ -3,7 +3,7 @@ own slice of the batch.
 
 On a CPU, torch splits every operation across its threads. A DiffFlow step is hundreds of
 medium operations (the paper's 2D networks: ``5000 × 128`` activations), so each one ends in a
-barrier and each core reads activations that the other core wrote, from the other core's cache.
+barrier, and the activations one core writes are read by the other.
 :class:`Sharded` instead splits the batch into one shard per thread and runs the inner strategy
 on each shard in its own thread with a single intra-op thread. The shards share nothing but the
 parameters, and the loss is a batch mean, so
@@ -19,6 +19,7 @@ gradients are added in shard order, so a run is reproducible.
 from __future__ import annotations
 
 import concurrent.futures
+import os
 import queue
 import threading
 from collections.abc import Callable
@@ -42,6 +43,7 @@ T = TypeVar("T")
 _WORKERS: dict[int, _Workers] = {}
 _WORKERS_LOCK = threading.Lock()
 _LOCAL = threading.local()
+os.register_at_fork(after_in_child=_WORKERS.clear)  # a forked child has none of the threads
 
 
 class Sharded(GradientStrategy):
