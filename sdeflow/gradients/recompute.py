@@ -142,25 +142,27 @@ class _RecomputeSweep(torch.autograd.Function):
         n, k = sweep.n_steps, strategy.segment
         devices = _rng_devices(x0) if strategy.preserve_rng_state else []
         starts = list(range(0, n, k))
-        carries: dict[int, Carry] = {}
         rng: dict[int, tuple[Tensor, list[Tensor]]] = {}
         if strategy.preserve_rng_state:
             rng[0] = _get_rng(devices)
             # one tensor each (set_rng_state reads a state from the start of its storage)
-            rng_slots = [rng[0][0].new_empty(rng[0][0].shape) for _ in starts]
+            rng_slots = [rng[0][0].new_empty(rng[0][0].shape) for _ in starts[1:]]
         carry = sweep.init(x0)
-        # Kept carries, terms and random states go into buffers allocated once: kept one by one,
-        # they would sit between each step's freed activations and fragment the heap (the
-        # resident set then grew with N: 108 -> 395 MiB from N = 10 to 100, for 64 -> 67 MiB
-        # allocated; benchmarks/train_step.py).
-        bank = [x.new_empty((len(starts), *x.shape)) for x in carry]
+        # The carries at the segment starts after the first (row i // k - 1), the terms and the
+        # random states go into buffers allocated once: kept one by one, they would sit between
+        # each step's freed activations and fragment the heap (the resident set then grew with N:
+        # 108 -> 395 MiB from N = 10 to 100, for 64 -> 67 MiB allocated; train_step benchmark).
+        bank: list[Tensor] = []
         terms: Tensor | None = None
         for i in range(n):
-            if i % k == 0:
-                carries[i] = tuple(b[i // k].copy_(x) for b, x in zip(bank, carry))
-                if strategy.preserve_rng_state and i:
+            if i % k == 0 and i:
+                if not bank:
+                    bank = [x.new_empty((len(starts) - 1, *x.shape)) for x in carry]
+                for b, x in zip(bank, carry):
+                    b[i // k - 1].copy_(x)
+                if strategy.preserve_rng_state:
                     cpu, cuda = _get_rng(devices)
-                    rng[i] = (rng_slots[i // k].copy_(cpu), cuda)
+                    rng[i] = (rng_slots[i // k - 1].copy_(cpu), cuda)
             if i == 0:
                 # One step with a graph: every leaf it reaches must be an input of this Function,
                 # or its gradient would be silently lost (e.g. a network hidden in a lambda).
@@ -175,7 +177,7 @@ class _RecomputeSweep(torch.autograd.Function):
                 terms = term.new_empty((*term.shape, n))
             terms[..., i] = term
         ctx.strategy, ctx.sweep, ctx.starts, ctx.devices = strategy, sweep, starts, devices
-        ctx.carries, ctx.rng = carries, rng
+        ctx.bank, ctx.rng = bank, rng
         ctx.autocast = autocast_state(x0.device.type)
         ctx.n_carry = len(carry)
         ctx.save_for_backward(x0, *params)
@@ -202,8 +204,8 @@ class _RecomputeSweep(torch.autograd.Function):
                     x0_in = x0.detach().requires_grad_(want_x0)
                     carry, inputs = sweep.init(x0_in), ([x0_in] if want_x0 else [])
                 else:
-                    carry = tuple(t.detach().requires_grad_(t.is_floating_point())
-                                  for t in ctx.carries[start])
+                    carry = tuple(b[start // k - 1].detach().requires_grad_(b.is_floating_point())
+                                  for b in ctx.bank)
                     inputs = list(carry)
                 outputs, out_grads = [], []
                 for i in range(start, end):
@@ -228,5 +230,4 @@ class _RecomputeSweep(torch.autograd.Function):
             for j, g in enumerate(got[n_in:]):
                 if g is not None:
                     param_grads[j] = g if param_grads[j] is None else param_grads[j] + g
-            ctx.carries.pop(start, None)  # free the carries already used
         return (None, None, x0_grad, *param_grads)
