@@ -170,8 +170,8 @@ def _mib(nbytes: int | None) -> float | None:
     return None if nbytes is None else nbytes / 2**20
 
 
-def _fmt_mib(mib_or_bytes: float | None, scale: float = 2**20) -> str:
-    return "-" if mib_or_bytes is None else f"{mib_or_bytes / scale:.1f}"
+def _fmt_mib(mib: float | None) -> str:
+    return "-" if mib is None else f"{mib:.1f}"
 
 
 def _proc_status_bytes(key: str) -> int:
@@ -272,9 +272,10 @@ def main(argv: list[str] | None = None) -> dict:
                                                   else memory[name] / memory["reference"]),
                              peak_rss_mb=_mib(rss[name]),
                              useful_gflops=flops / sec / 1e9, matmul_share=flops / sec / rate))
-            print(f"N={n_steps:3d} {name:26s} {sec:8.4f} s  x{ref_time / sec:5.2f}  "
-                  f"allocated {_fmt_mib(memory[name])} MiB  RSS {_fmt_mib(rss[name])} MiB  "
-                  f"share {flops / sec / rate:5.1%}")
+            row = rows[-1]
+            print(f"N={n_steps:3d} {name:26s} {sec:8.4f} s  x{ref_time / sec:5.2f}  allocated "
+                  f"{_fmt_mib(row['peak_memory_mb'])} MiB  RSS {_fmt_mib(row['peak_rss_mb'])} MiB"
+                  f"  share {flops / sec / rate:5.1%}")
         del steps
 
     def ratio_hi_lo(name: str, key: str) -> float | None:
@@ -335,9 +336,9 @@ def markdown(result: dict) -> str:
     for r in result["rows"]:
         vs_ref = r["memory_vs_reference"]
         lines.append(f"| {r['n_steps']} | {r['strategy']} | {r['seconds']:.4f} | "
-                     f"{r['speedup_vs_reference']:.2f}x | {_fmt_mib(r['peak_memory_mb'], 1)} | "
+                     f"{r['speedup_vs_reference']:.2f}x | {_fmt_mib(r['peak_memory_mb'])} | "
                      f"{'-' if vs_ref is None else f'{vs_ref:.2f}'} | "
-                     f"{_fmt_mib(r.get('peak_rss_mb'), 1)} | {r['matmul_share']:.0%} |")
+                     f"{_fmt_mib(r.get('peak_rss_mb'))} | {r['matmul_share']:.0%} |")
 
     def x(value: float | None) -> str:
         return "-" if value is None else f"{value:.2f}x"
