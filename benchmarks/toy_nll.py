@@ -74,6 +74,11 @@ SHARP = ("checkerboard", "sierpinski", "tree", "2spirals", "olympic", "swissroll
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def _span(t0: float, t1: float, like: torch.Tensor) -> TimeGrid:
+    """The likelihood's time description: data at t0, prior at t1, in ``like``'s dtype."""
+    return TimeGrid(torch.tensor([t0, t1], dtype=like.dtype, device=like.device))
+
+
 @dataclass
 class Config:
     budget_seconds: float = 60.0
@@ -144,7 +149,7 @@ class DiffFlowBench(nn.Module):
 
     def log_prob(self, x: Tensor, cfg: Config) -> tuple[Tensor, int]:
         reverse, prior = self.parts()
-        res = ode_log_likelihood(reverse.with_lam(0.0), x, prior, t0=cfg.t0, t1=cfg.t1,
+        res = ode_log_likelihood(reverse.with_lam(0.0), prior, _span(cfg.t0, cfg.t1, x), x,
                                  rtol=cfg.rtol, atol=cfg.atol)
         return res.log_prob, res.nfe
 
@@ -169,11 +174,11 @@ class ScoreBench(nn.Module):
         self.score = FourierMLP(2, cfg.width, cfg.depth)
 
     def loss(self, x: Tensor, gen: torch.Generator) -> Tensor:
-        return DenoisingScoreMatching(self.sde, self.score, eps=self.cfg.score_eps)(x, gen).mean()
+        return DenoisingScoreMatching(self.sde, self.score, eps=self.cfg.score_eps)(x, gen).loss
 
     def log_prob(self, x: Tensor, cfg: Config) -> tuple[Tensor, int]:
-        res = ode_log_likelihood(probability_flow(self.sde, self.score), x,
-                                 self.sde.prior((2,)), t0=cfg.score_eps, t1=self.sde.T,
+        res = ode_log_likelihood(probability_flow(self.sde, self.score), self.sde.prior((2,)),
+                                 _span(cfg.score_eps, self.sde.T, x), x,
                                  rtol=cfg.rtol, atol=cfg.atol)
         return res.log_prob, res.nfe
 
@@ -202,7 +207,7 @@ class FlowBench(nn.Module):
         return FlowNLL(self.flow(), StandardNormal((2,)))(x, self.grid.jitter(gen)).loss
 
     def log_prob(self, x: Tensor, cfg: Config) -> tuple[Tensor, int]:
-        res = ode_log_likelihood(self.flow(), x, StandardNormal((2,)), t0=cfg.t0, t1=cfg.t1,
+        res = ode_log_likelihood(self.flow(), StandardNormal((2,)), _span(cfg.t0, cfg.t1, x), x,
                                  rtol=cfg.rtol, atol=cfg.atol)
         return res.log_prob, res.nfe
 

@@ -76,13 +76,13 @@ ode = probability_flow(reverse_avg.forward_sde, reverse_avg.score)
 with torch.no_grad():
     samples = pre.inverse(sample(reverse_avg, prior, grid, (20_000,)))
     nelbo = DiffFlowObjective(reverse_avg, prior, grid)(test).nelbo
-nll = -ode_log_likelihood(ode, test, prior, t0=grid.t0, t1=grid.t1).log_prob
+nll = -ode_log_likelihood(ode, prior, grid, test).log_prob
 log_det = float(pre.log_abs_det)  # -log p_data(x) = -log p_std(T(x)) - log|det dT/dx|
 print(f"test NLL (exact, ODE): {nll.mean() - log_det:.3f} nats; "
       f"negative ELBO: {nelbo.mean() - log_det:.3f} nats (data coordinates)")
 
 lim = 1.1 * float(pre.inverse(test).abs().max())
 plot_samples_2d(samples, args.out / "samples.png", data=pre.inverse(test), lim=lim)
-plot_density_2d(lambda x: ode_log_likelihood(ode, pre(x), prior, t0=grid.t0, t1=grid.t1).log_prob
+plot_density_2d(lambda x: ode_log_likelihood(ode, prior, grid, pre(x)).log_prob
                 + log_det, args.out / "density.png", lim=lim, n_grid=80)
 print(f"wrote {args.out}/samples.png and density.png")

@@ -5,6 +5,11 @@ The parts: processes (:mod:`sdeflow.processes`), time grids (:class:`TimeGrid`),
 schedules (:mod:`sdeflow.schedules`), step schemes (:mod:`sdeflow.discretizers`), trajectory
 distributions (:class:`ForwardTrajectory`, :class:`BackwardTrajectory`), objectives
 (:mod:`sdeflow.objectives`) and gradient strategies (:mod:`sdeflow.gradients`).
+
+This namespace holds the modelling parts only. The training stack (``Trainer``, the model
+families ``DiffFlowModel``, ``ScoreModel``, ``FlowModel``, ``EMA``, batch sources, schedules of
+the number of steps) lives in :mod:`sdeflow.training`; networks in :mod:`sdeflow.nets`, data in
+:mod:`sdeflow.data`, the discretizer test kit in :mod:`sdeflow.testing`.
 """
 
 from sdeflow.discretizers import (
@@ -35,6 +40,8 @@ from sdeflow.objectives import (
     DiffFlowTerms,
     FlowNLL,
     FlowTerms,
+    ObjectiveTerms,
+    ScoreMatchingTerms,
 )
 from sdeflow.priors import DiagonalNormal, StandardNormal
 from sdeflow.processes import (
@@ -42,6 +49,7 @@ from sdeflow.processes import (
     VESDE,
     VPSDE,
     ForwardSDE,
+    LinearPart,
     LinearSDE,
     ReverseSDE,
     SubVPSDE,
@@ -49,27 +57,11 @@ from sdeflow.processes import (
 )
 from sdeflow.sampling import sample
 from sdeflow.schedules import ConstantSchedule, LinearSchedule, Schedule, as_schedule
-from sdeflow.training import (
-    EMA,
-    DiffFlowModel,
-    FlowModel,
-    ProgressiveSteps,
-    ScoreModel,
-    TensorBatches,
-    Trainer,
-)
 from sdeflow.trajectories import BackwardTrajectory, ForwardTrajectory
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "EMA",
-    "DiffFlowModel",
-    "FlowModel",
-    "ProgressiveSteps",
-    "ScoreModel",
-    "TensorBatches",
-    "Trainer",
     "DISCRETIZERS",
     "SDE",
     "VESDE",
@@ -91,7 +83,10 @@ __all__ = [
     "ForwardTrajectory",
     "GradientStrategy",
     "LikelihoodResult",
+    "LinearPart",
     "LinearSDE",
+    "ObjectiveTerms",
+    "ScoreMatchingTerms",
     "LinearSchedule",
     "ReverseSDE",
     "Schedule",

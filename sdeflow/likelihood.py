@@ -35,12 +35,11 @@ from torch import Tensor, nn
 from torch.distributions import Distribution
 from torchdiffeq import odeint
 
-from sdeflow._checks import check_modules
+from sdeflow._checks import check_modules, check_same_device_dtype
+from sdeflow.grids import TimeGrid
 from sdeflow.objectives.diffflow import DiffFlowTerms
 from sdeflow.priors import check_data
 from sdeflow.processes.base import SDE
-from sdeflow.processes.neural import ForwardSDE
-from sdeflow.processes.reverse import ReverseSDE
 
 __all__ = [
     "LikelihoodResult",
@@ -55,6 +54,9 @@ __all__ = [
 TRACE_METHODS: tuple[str, ...] = ("auto", "exact", "hutchinson")
 #: Probe distributions of Hutchinson's estimator.
 PROBES: tuple[str, ...] = ("rademacher", "gaussian")
+#: torchdiffeq's fixed-step methods (they step on the grid's times).
+_FIXED_GRID_METHODS = frozenset({"euler", "midpoint", "heun2", "heun3", "rk4", "explicit_adams",
+                                 "implicit_adams", "fixed_adams"})
 #: ``trace="auto"`` is exact up to this many elements per state.
 AUTO_EXACT_MAX_DIM = 32
 
@@ -89,30 +91,19 @@ class LikelihoodResult:
         return bits_per_dim(self.nll, self.x_final[0].numel(), levels=levels)
 
 
-def _check_zero_diffusion(ode: SDE, x0: Tensor, t0: float, t1: float) -> None:
-    if isinstance(ode, ReverseSDE):
-        if ode.lam != 0:
-            raise ValueError(
-                f"ode must have zero diffusion, got a ReverseSDE with lam={ode.lam}; use "
-                "probability_flow(forward, score) or reverse.with_lam(0) for the ODE likelihood"
-            )
-        return
-    if isinstance(ode, ForwardSDE):
-        if not ode.is_flow():
-            raise ValueError(
-                "ode must have zero diffusion, got a ForwardSDE with g != 0; use "
-                "ForwardSDE(drift, 0.0) for a flow, or probability_flow(forward, score) for the "
-                "probability-flow ODE of a diffusion"
-            )
-        return
-    # any other process: its diffusion must vanish on [t0, t1] (checked at a few times)
-    ts = torch.linspace(t0, t1, 5, dtype=x0.dtype, device=x0.device)
-    g = ode.diffusion_scale(ts)
-    values = [g] if g is not None else [ode.diffusion(x0, t) for t in ts.unbind(0)]
-    if any(bool((v != 0).any()) for v in values):
+def _check_zero_diffusion(ode: SDE, x0: Tensor, grid: TimeGrid) -> None:
+    """Raise unless ``ode``'s diffusion vanishes at the grid's times (read from its declared
+    :math:`g(t)`, or from :meth:`~sdeflow.processes.SDE.diffusion` for state-dependent noise)."""
+    ts = grid.ts
+    if ode.additive_noise:
+        nonzero = bool((ode.diffusion_scale(ts) != 0).any())
+    else:
+        nonzero = any(bool((ode.diffusion(x0, t) != 0).any()) for t in ts.unbind(0))
+    if nonzero:
         raise ValueError(
-            f"ode must have zero diffusion on [t0, t1], got a {type(ode).__name__} with "
-            "diffusion != 0; use probability_flow(forward, score) for its probability-flow ODE"
+            f"ode must have zero diffusion, got a {type(ode).__name__} with diffusion != 0 on the "
+            f"grid: for a reverse process use its probability-flow ODE, probability_flow(forward, "
+            f"score) or reverse.with_lam(0); for a flow, ForwardSDE(drift, 0.0)"
         )
 
 
@@ -186,11 +177,10 @@ def _draw_probes(kind: str, shape: tuple[int, ...], x0: Tensor,
 
 def ode_log_likelihood(
     ode: SDE,
-    x0: Tensor,
     prior: Distribution | nn.Module,
+    grid: TimeGrid,
+    x0: Tensor,
     *,
-    t0: float,
-    t1: float,
     trace: str = "auto",
     n_probes: int = 1,
     probe: str = "rademacher",
@@ -209,10 +199,12 @@ def ode_log_likelihood(
             :class:`~sdeflow.processes.ReverseSDE` with ``lam = 0``), a flow
             ``ForwardSDE(drift, 0.0)``, or any :class:`~sdeflow.processes.SDE` whose diffusion
             vanishes; its drift is :math:`v`.
-        x0: Data at :math:`t_0`, shape ``(B, *state)`` with ``state`` the prior's event shape.
         prior: :math:`p_{prior}` at :math:`t_1`: a distribution or a prior module.
-        t0: Time of the data.
-        t1: Time of the prior, ``> t0``.
+        grid: The :class:`~sdeflow.grids.TimeGrid` of the model: the data live at
+            :math:`t_0` = ``grid.t0``, the prior at :math:`t_1` = ``grid.t1``. An adaptive
+            ``method`` integrates between the two; a fixed-step one (``"euler"``, ``"rk4"``,
+            ...) steps on the grid's times unless ``options`` gives a ``step_size``.
+        x0: Data at :math:`t_0`, shape ``(B, *state)`` with ``state`` the prior's event shape.
         trace: ``"exact"`` (one vector-Jacobian product per state element), ``"hutchinson"``
             (unbiased estimator), or ``"auto"`` (exact when a state has at most 32 elements).
         n_probes: Hutchinson probes per sample (averaged).
@@ -235,9 +227,10 @@ def ode_log_likelihood(
 
     Example:
         >>> import torch
-        >>> from sdeflow import ForwardSDE, StandardNormal
+        >>> from sdeflow import ForwardSDE, StandardNormal, TimeGrid
         >>> flow = ForwardSDE(lambda x, t: -x, 0.0)  # x_t = x_0 e^{-t}: tr = -d per unit time
-        >>> res = ode_log_likelihood(flow, torch.zeros(3, 2), StandardNormal((2,)), t0=0.0, t1=1.0)
+        >>> grid = TimeGrid.uniform(10, 0.0, 1.0)
+        >>> res = ode_log_likelihood(flow, StandardNormal((2,)), grid, torch.zeros(3, 2))
         >>> res.delta_log_prob
         tensor([-2., -2., -2.])
         >>> res.log_prob.shape
@@ -245,12 +238,11 @@ def ode_log_likelihood(
     """
     if not isinstance(ode, SDE):
         raise TypeError(f"ode must be an sdeflow SDE with zero diffusion, got {type(ode).__name__}")
+    if not isinstance(grid, TimeGrid):
+        raise TypeError(f"grid must be a TimeGrid (the data at grid.t0, the prior at grid.t1), "
+                        f"got {type(grid).__name__}")
     dist, state = check_data(x0, prior)
-    t0, t1 = float(t0), float(t1)
-    if not (math.isfinite(t0) and math.isfinite(t1)):
-        raise ValueError(f"t0 and t1 must be finite, got t0={t0}, t1={t1}")
-    if not t1 > t0:
-        raise ValueError(f"t1 must be greater than t0, got t0={t0}, t1={t1}")
+    check_same_device_dtype("grid.ts", grid.ts, "x0", x0)
     if trace not in TRACE_METHODS:
         raise ValueError(f"trace must be one of {TRACE_METHODS}, got {trace!r}")
     if probe not in PROBES:
@@ -259,7 +251,7 @@ def ode_log_likelihood(
         raise ValueError(f"n_probes must be an integer >= 1, got {n_probes!r}")
     if not (rtol > 0 and atol > 0):
         raise ValueError(f"rtol and atol must be > 0, got rtol={rtol}, atol={atol}")
-    _check_zero_diffusion(ode, x0, t0, t1)
+    _check_zero_diffusion(ode, x0, grid)
     if torch.is_inference_mode_enabled():
         raise RuntimeError("ode_log_likelihood needs autograd for the trace of dv/dx: call it "
                            "outside torch.inference_mode() (torch.no_grad() is fine)")
@@ -273,7 +265,8 @@ def ode_log_likelihood(
         probes = _draw_probes(probe, (n_probes,) + tuple(x0.shape), x0, generator)
 
     dynamics = _Dynamics(ode, probes, create_graph)
-    ts = torch.tensor([t0, t1], dtype=x0.dtype, device=x0.device)
+    fixed_grid = method in _FIXED_GRID_METHODS and "step_size" not in (options or {})
+    ts = grid.ts if fixed_grid else grid.ts[[0, -1]]
     delta0 = torch.zeros(x0.shape[0], dtype=x0.dtype, device=x0.device)
     with torch.set_grad_enabled(create_graph):
         xs, deltas = odeint(dynamics, (x0, delta0), ts, rtol=rtol, atol=atol, method=method,

@@ -19,6 +19,7 @@ __all__ = [
     "resolve_prior",
     "check_data",
     "prior_draws",
+    "as_sample_shape",
 ]
 
 
@@ -101,8 +102,27 @@ def check_data(x0: Tensor, prior: Distribution | Callable[[], Distribution],
     return dist, state
 
 
+def as_sample_shape(sample_shape: int | torch.Size | tuple[int, ...]) -> torch.Size:
+    """``sample_shape`` as a :class:`torch.Size`; an int ``n`` means ``(n,)``.
+
+    Example:
+        >>> as_sample_shape(5), as_sample_shape((2, 3))
+        (torch.Size([5]), torch.Size([2, 3]))
+    """
+    if isinstance(sample_shape, int) and not isinstance(sample_shape, bool):
+        sample_shape = (sample_shape,)
+    try:
+        shape = torch.Size(sample_shape)
+    except TypeError:
+        raise TypeError(f"sample_shape must be an int or a tuple of ints, got "
+                        f"{sample_shape!r}") from None
+    if any(n < 0 for n in shape):
+        raise ValueError(f"sample_shape must be non-negative, got {tuple(shape)}")
+    return shape
+
+
 def prior_draws(prior: Distribution | Callable[[], Distribution],
-                sample_shape: torch.Size | tuple[int, ...] = (),
+                sample_shape: int | torch.Size | tuple[int, ...] = (),
                 x_final: Tensor | None = None) -> tuple[Tensor, torch.Size, tuple[int, ...]]:
     """Starting points of a reverse sweep: ``x_final`` (checked) or draws from ``prior``.
 
@@ -111,7 +131,7 @@ def prior_draws(prior: Distribution | Callable[[], Distribution],
     dist = resolve_prior(prior)
     state = tuple(dist.event_shape)
     if x_final is None:
-        x_final = dist.sample(torch.Size(sample_shape))
+        x_final = dist.sample(as_sample_shape(sample_shape))
     elif tuple(x_final.shape[x_final.dim() - len(state):]) != state:
         raise ValueError(f"x_final must end in the prior's event_shape {state}, "
                          f"got {tuple(x_final.shape)}")

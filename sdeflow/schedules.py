@@ -12,15 +12,28 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Schedule", "ConstantSchedule", "LinearSchedule", "FunctionSchedule", "as_schedule"]
+__all__ = ["Schedule", "ConstantSchedule", "LinearSchedule", "FunctionSchedule", "as_schedule",
+           "schedule_values"]
 
 
 class Schedule(nn.Module, ABC):
-    r"""Base class of diffusion schedules :math:`t \mapsto g(t) \ge 0`."""
+    r"""Base class of diffusion schedules :math:`t \mapsto g(t) \ge 0`.
+
+    The contract of :meth:`forward`: given a tensor of times, return :math:`g` as a tensor shaped
+    like ``t`` or broadcastable to it (a 0-d tensor for a constant), on ``t``'s device;
+    :func:`schedule_values` broadcasts and checks it, so a user's schedule works wherever a
+    built-in one does.
+
+    Example:
+        >>> class Sqrt(Schedule):  # a user's schedule: g(t) = sqrt(1 + t)
+        ...     def forward(self, t): return (1 + t).sqrt()
+        >>> schedule_values(Sqrt(), torch.tensor([0.0, 3.0]))
+        tensor([1., 2.])
+    """
 
     @abstractmethod
     def forward(self, t: Tensor) -> Tensor:
-        """:math:`g(t)`, shaped like ``t``."""
+        """:math:`g(t)`, shaped like ``t`` (or broadcastable to it)."""
 
     def is_zero(self) -> bool:
         """Whether :math:`g \\equiv 0` (the normalizing-flow limit)."""
@@ -78,6 +91,34 @@ class LinearSchedule(Schedule):
         return f"g0={self.g0}, g1={self.g1}, t0={self.t0}, t1={self.t1}"
 
 
+def schedule_values(schedule: Callable[[Tensor], Tensor], t: Tensor) -> Tensor:
+    r""":math:`g(t)` from ``schedule``, broadcast to ``t``'s shape and checked against the contract
+    of :class:`Schedule` (a tensor broadcastable to ``t``, on its device; numbers are accepted).
+
+    Example:
+        >>> schedule_values(lambda t: torch.tensor(0.5), torch.zeros(3))
+        tensor([0.5000, 0.5000, 0.5000])
+    """
+    g = schedule(t)
+    if not isinstance(g, Tensor):
+        if isinstance(g, (int, float)) and not isinstance(g, bool):
+            return torch.full_like(t, float(g))
+        raise TypeError(f"a diffusion schedule must return a tensor (or a number) for g(t), "
+                        f"got {type(g).__name__} from {schedule!r}")
+    if g.shape != t.shape:
+        try:
+            g = g.expand(t.shape)
+        except RuntimeError:
+            raise ValueError(
+                f"a diffusion schedule must return g(t) shaped like t {tuple(t.shape)} or "
+                f"broadcastable to it (e.g. 0-d), got shape {tuple(g.shape)} from {schedule!r}"
+            ) from None
+    if g.device != t.device:
+        raise ValueError(f"a diffusion schedule must return g(t) on t's device {t.device}, got "
+                         f"{g.device} from {schedule!r}")
+    return g if g.dtype == t.dtype else g.to(t.dtype)
+
+
 class FunctionSchedule(Schedule):
     r"""Any callable :math:`t \mapsto g(t)` returning a tensor shaped like ``t``.
 
@@ -93,10 +134,7 @@ class FunctionSchedule(Schedule):
         self.fn = fn
 
     def forward(self, t: Tensor) -> Tensor:
-        g = self.fn(t)
-        if not isinstance(g, Tensor):
-            g = torch.as_tensor(g, dtype=t.dtype, device=t.device)
-        return g.expand_as(t) if g.shape != t.shape else g
+        return schedule_values(self.fn, t)
 
 
 def as_schedule(diffusion: float | Schedule | Callable[[Tensor], Tensor]) -> Schedule:

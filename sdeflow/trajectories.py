@@ -20,6 +20,7 @@ and ``kl_divergence(p_F, p_B)`` is registered.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from pyro.distributions import TorchDistribution
@@ -33,7 +34,9 @@ from sdeflow._checks import (
     sum_state,
 )
 from sdeflow.discretizers import Discretizer, EulerMaruyama
+from sdeflow.discretizers.stepper import Stepper
 from sdeflow.grids import TimeGrid
+from sdeflow.priors import as_sample_shape, resolve_prior
 from sdeflow.processes.base import SDE
 
 __all__ = ["ForwardTrajectory", "BackwardTrajectory", "check_positive_diffusion"]
@@ -66,14 +69,14 @@ def _check_grid(grid: TimeGrid) -> TimeGrid:
     return grid
 
 
-def _gaussian_log_prob(
-    discretizer: Discretizer, sde: SDE, x_from: Tensor, t: Tensor, dt: Tensor, x_to: Tensor
-) -> tuple[Tensor, Tensor]:
-    """Standardized residual ``delta`` and ``log N(x_to; mean, std^2 I)`` summed over the state."""
-    if not discretizer.gaussian:
+def _gaussian_log_prob(stepper: Stepper, i: int, x_from: Tensor, x_to: Tensor
+                       ) -> tuple[Tensor, Tensor]:
+    """Standardized residual ``delta`` of step ``i`` and ``log N(x_to; mean, std^2 I)`` summed
+    over the state."""
+    if not stepper.scheme.gaussian:
         raise TypeError(f"discretizer must have a Gaussian transition for a trajectory density; "
-                        f"{type(discretizer).__name__} has none (use it to sample)")
-    mean, std = discretizer.transition(sde, x_from, t, dt)
+                        f"{type(stepper.scheme).__name__} has none (use it to sample)")
+    mean, std = stepper.transition(i, x_from)
     delta = (x_to - mean) / std
     log_prob = -0.5 * delta.pow(2).reshape(delta.shape[0], -1).sum(-1) - sum_state(std.log(), x_to)
     return delta, log_prob - x_to[0].numel() * _HALF_LOG_2PI
@@ -91,7 +94,7 @@ class _Trajectory(TorchDistribution):
     def support(self) -> constraints.Constraint:
         return constraints.independent(constraints.real, len(self.event_shape))
 
-    def sample(self, sample_shape: torch.Size | tuple[int, ...] = torch.Size()) -> Tensor:
+    def sample(self, sample_shape: int | torch.Size | tuple[int, ...] = torch.Size()) -> Tensor:
         with torch.no_grad():
             return self.rsample(sample_shape)
 
@@ -107,28 +110,24 @@ class _Trajectory(TorchDistribution):
         lead = value.shape[:-n_event]
         return value.reshape((-1,) + tuple(self.event_shape)), lead
 
-    def _steps(self, reverse: bool) -> list[tuple[int, Tensor, Tensor]]:
-        ts, dts = self.grid.ts, self.grid.dts
-        if reverse:
-            return [(i, ts[i + 1], -dts[i]) for i in range(self.grid.n_steps)]
-        return [(i, ts[i], dts[i]) for i in range(self.grid.n_steps)]
-
 
 class ForwardTrajectory(_Trajectory):
     r"""The forward trajectory distribution :math:`p_F(\tau \mid x_0)` of a process on a grid.
 
     Arguments:
-        x0: Initial states, shape ``(B, *state)`` (the batch shape is ``(B,)``).
         process: The forward :class:`~sdeflow.processes.SDE`.
+        x0: Initial states, shape ``(B, *state)`` (the batch shape is ``(B,)``).
         grid: The :class:`~sdeflow.grids.TimeGrid`.
         discretizer: The step scheme; :meth:`log_prob` needs a Gaussian one.
 
     :meth:`log_prob` is the density of :math:`x_{1:N}` given the trajectory's own :math:`x_0`.
+    The arguments come in sdeflow's one order: process, start (here :math:`x_0`; a prior for
+    :class:`BackwardTrajectory`), grid.
 
     Example:
         >>> import torch
         >>> from sdeflow import ForwardSDE, TimeGrid
-        >>> p_F = ForwardTrajectory(torch.zeros(5, 2), ForwardSDE(lambda x, t: -x, 0.2),
+        >>> p_F = ForwardTrajectory(ForwardSDE(lambda x, t: -x, 0.2), torch.zeros(5, 2),
         ...                         TimeGrid.uniform(10, 0.0, 1.0))
         >>> tau = p_F.rsample()
         >>> tau.shape, p_F.log_prob(tau).shape
@@ -137,19 +136,19 @@ class ForwardTrajectory(_Trajectory):
 
     def __init__(
         self,
-        x0: Tensor,
         process: SDE,
+        x0: Tensor,
         grid: TimeGrid,
         discretizer: Discretizer | None = None,
         validate_args: bool | None = None,
     ) -> None:
+        if not isinstance(process, SDE):
+            raise TypeError(f"process must be an sdeflow SDE, got {type(process).__name__}")
         if not isinstance(x0, Tensor) or not x0.is_floating_point():
             raise TypeError("x0 must be a floating-point tensor of shape (batch, *state)")
         if x0.dim() < 2 or x0.shape[0] == 0:
             raise ValueError(f"x0 must have shape (batch, *state) with batch >= 1, got "
                              f"{tuple(x0.shape)}")
-        if not isinstance(process, SDE):
-            raise TypeError(f"process must be an sdeflow SDE, got {type(process).__name__}")
         self.grid = _check_grid(grid)
         check_finite("x0", x0)
         check_same_device_dtype("grid.ts", grid.ts, "x0", x0)
@@ -157,14 +156,22 @@ class ForwardTrajectory(_Trajectory):
         self.x0, self.process = x0, process
         self.discretizer = _check_discretizer(discretizer or EulerMaruyama())
         self.state_shape = x0.shape[1:]
+        self._stepper: Stepper | None = None
         super().__init__(x0.shape[:1], (grid.n_steps + 1,) + tuple(x0.shape[1:]), validate_args)
+
+    @property
+    def stepper(self) -> Stepper:
+        """The scheme's forward steps of the process on the grid (made once)."""
+        if self._stepper is None:
+            self._stepper = self.discretizer.stepper(self.process, self.grid)
+        return self._stepper
 
     def expand(self, batch_shape, _instance=None) -> ForwardTrajectory:
         batch_shape = torch.Size(batch_shape)
         if len(batch_shape) != 1:
             raise ValueError(f"batch_shape must be 1-D (B,), got {tuple(batch_shape)}")
         x0 = self.x0.expand(batch_shape + self.state_shape)
-        return ForwardTrajectory(x0, self.process, self.grid, self.discretizer,
+        return ForwardTrajectory(self.process, x0, self.grid, self.discretizer,
                                  self._validate_args if _instance is None else None)
 
     def trajectory_from_noise(self, delta_forward: Tensor) -> Tensor:
@@ -181,13 +188,13 @@ class ForwardTrajectory(_Trajectory):
         noise = delta_forward.reshape((-1,) + expect)
         x = self.x0.expand(lead + self.state_shape).reshape((-1,) + tuple(self.state_shape))
         xs = [x]
-        for i, t, dt in self._steps(reverse=False):
-            x = self.discretizer.step(self.process, x, t, dt, noise[:, i])
+        for i in range(n):
+            x = self.stepper.step(i, x, noise[:, i])
             xs.append(x)
         return torch.stack(xs, 1).reshape(lead + self.event_shape)
 
-    def rsample(self, sample_shape: torch.Size | tuple[int, ...] = torch.Size()) -> Tensor:
-        shape = torch.Size(sample_shape) + self.batch_shape
+    def rsample(self, sample_shape: int | torch.Size | tuple[int, ...] = torch.Size()) -> Tensor:
+        shape = as_sample_shape(sample_shape) + self.batch_shape
         noise = torch.randn(shape + (self.grid.n_steps,) + self.state_shape,
                             dtype=self.x0.dtype, device=self.x0.device)
         return self.trajectory_from_noise(noise)
@@ -196,9 +203,8 @@ class ForwardTrajectory(_Trajectory):
         flat, lead = self._flatten(tau)
         check_positive_diffusion(self.process, self.grid.ts[:-1], "forward process")
         deltas, log_probs = [], []
-        for i, t, dt in self._steps(reverse=False):
-            delta, lp = _gaussian_log_prob(self.discretizer, self.process, flat[:, i], t, dt,
-                                           flat[:, i + 1])
+        for i in range(self.grid.n_steps):
+            delta, lp = _gaussian_log_prob(self.stepper, i, flat[:, i], flat[:, i + 1])
             deltas.append(delta)
             log_probs.append(lp)
         return torch.stack(deltas, 1), torch.stack(log_probs, -1), lead
@@ -225,12 +231,15 @@ class BackwardTrajectory(_Trajectory):
     reverse process stepped down the grid.
 
     Arguments:
-        prior: Distribution of :math:`x_N` whose ``event_shape`` is the state shape; its
-            ``batch_shape`` is the trajectory's.
         reverse: The reverse :class:`~sdeflow.processes.SDE` (usually a
             :class:`~sdeflow.processes.ReverseSDE`).
+        prior: Distribution of :math:`x_N` whose ``event_shape`` is the state shape (its
+            ``batch_shape`` is the trajectory's), or a prior module returning one, as everywhere
+            else in sdeflow.
         grid: The :class:`~sdeflow.grids.TimeGrid`.
         discretizer: The step scheme, applied with negative steps.
+
+    Building it draws no random numbers.
 
     Example:
         >>> import torch
@@ -238,7 +247,7 @@ class BackwardTrajectory(_Trajectory):
         >>> from sdeflow import ForwardSDE, ReverseSDE, TimeGrid
         >>> rev = ReverseSDE(ForwardSDE(lambda x, t: -x, 1.0), score=lambda x, t: -x)
         >>> prior = Independent(Normal(torch.zeros(4, 3), 1.0), 1)
-        >>> p_B = BackwardTrajectory(prior, rev, TimeGrid.uniform(5, 0.0, 1.0))
+        >>> p_B = BackwardTrajectory(rev, prior, TimeGrid.uniform(5, 0.0, 1.0))
         >>> tau = p_B.rsample()
         >>> tau.shape, p_B.log_prob(tau).shape
         (torch.Size([4, 6, 3]), torch.Size([4]))
@@ -246,32 +255,45 @@ class BackwardTrajectory(_Trajectory):
 
     def __init__(
         self,
-        prior: Distribution,
         reverse: SDE,
+        prior: Distribution | Callable[[], Distribution],
         grid: TimeGrid,
         discretizer: Discretizer | None = None,
         validate_args: bool | None = None,
     ) -> None:
-        if not isinstance(prior, Distribution):
-            raise TypeError(f"prior must be a torch Distribution, got {type(prior).__name__}")
+        if not isinstance(reverse, SDE):
+            raise TypeError(f"reverse must be an sdeflow SDE, got {type(reverse).__name__}")
+        prior = resolve_prior(prior)
         if len(prior.event_shape) == 0:
             raise ValueError("prior must have event_shape equal to the state shape (non-empty); "
                              "wrap it with .to_event(...) or Independent")
-        if not isinstance(reverse, SDE):
-            raise TypeError(f"reverse must be an sdeflow SDE, got {type(reverse).__name__}")
         self.grid = _check_grid(grid)
-        probe = prior.sample()
-        check_same_device_dtype("grid.ts", grid.ts, "prior samples", probe)
-        check_modules(probe.reshape((-1,) + tuple(prior.event_shape)), [reverse],
-                      x_name="prior samples")
         self.prior, self.reverse = prior, reverse
         self.discretizer = _check_discretizer(discretizer or EulerMaruyama())
         self.state_shape = prior.event_shape
+        self._stepper: Stepper | None = None
+        try:  # the prior's mean (no random draw) tells its device and dtype, where it has one
+            mean = prior.mean
+        except NotImplementedError:
+            mean = None
+        if isinstance(mean, Tensor):
+            self._check_states(mean.reshape((-1,) + tuple(prior.event_shape)), "prior samples")
         super().__init__(prior.batch_shape, (grid.n_steps + 1,) + tuple(prior.event_shape),
                          validate_args)
 
+    @property
+    def stepper(self) -> Stepper:
+        """The scheme's reverse steps of the process on the grid (made once)."""
+        if self._stepper is None:
+            self._stepper = self.discretizer.stepper(self.reverse, self.grid, reverse=True)
+        return self._stepper
+
+    def _check_states(self, x: Tensor, name: str) -> None:
+        check_same_device_dtype("grid.ts", self.grid.ts, name, x)
+        check_modules(x, [self.reverse], x_name=name)
+
     def expand(self, batch_shape, _instance=None) -> BackwardTrajectory:
-        return BackwardTrajectory(self.prior.expand(torch.Size(batch_shape)), self.reverse,
+        return BackwardTrajectory(self.reverse, self.prior.expand(torch.Size(batch_shape)),
                                   self.grid, self.discretizer, self._validate_args)
 
     def trajectory_from_noise(self, x_final: Tensor, delta_backward: Tensor) -> Tensor:
@@ -285,16 +307,17 @@ class BackwardTrajectory(_Trajectory):
         if delta_backward.shape != lead + (n,) + state:
             raise ValueError(f"delta_backward must have shape {tuple(lead + (n,) + state)}, got "
                              f"{tuple(delta_backward.shape)}")
+        self._check_states(x_final, "x_final")
         noise = delta_backward.reshape((-1, n) + state)
         x = x_final.reshape((-1,) + state)
         xs = [x]
-        for i, t, dt in reversed(self._steps(reverse=True)):
-            x = self.discretizer.step(self.reverse, x, t, dt, noise[:, i])
+        for i in range(n - 1, -1, -1):
+            x = self.stepper.step(i, x, noise[:, i])
             xs.append(x)
         return torch.stack(xs[::-1], 1).reshape(lead + self.event_shape)
 
-    def rsample(self, sample_shape: torch.Size | tuple[int, ...] = torch.Size()) -> Tensor:
-        x_final = self.prior.rsample(torch.Size(sample_shape))
+    def rsample(self, sample_shape: int | torch.Size | tuple[int, ...] = torch.Size()) -> Tensor:
+        x_final = self.prior.rsample(as_sample_shape(sample_shape))
         lead = x_final.shape[: x_final.dim() - len(self.state_shape)]
         noise = torch.randn(lead + (self.grid.n_steps,) + self.state_shape,
                             dtype=x_final.dtype, device=x_final.device)
@@ -302,11 +325,11 @@ class BackwardTrajectory(_Trajectory):
 
     def _residuals(self, tau: Tensor) -> tuple[Tensor, Tensor, torch.Size]:
         flat, lead = self._flatten(tau)
+        self._check_states(flat, "tau")
         check_positive_diffusion(self.reverse, self.grid.ts[1:], "reverse process")
         deltas, log_probs = [], []
-        for i, t, dt in self._steps(reverse=True):
-            delta, lp = _gaussian_log_prob(self.discretizer, self.reverse, flat[:, i + 1], t, dt,
-                                           flat[:, i])
+        for i in range(self.grid.n_steps):
+            delta, lp = _gaussian_log_prob(self.stepper, i, flat[:, i + 1], flat[:, i])
             deltas.append(delta)
             log_probs.append(lp)
         return torch.stack(deltas, 1), torch.stack(log_probs, -1), lead

@@ -160,8 +160,8 @@ def test_step_shapes_and_dtype(pname, dname, state, dtype):
 def _trajectory(process, is_reverse, state, dtype, device, disc, n=4):
     grid = _grid(dtype, device, n)
     if is_reverse:
-        return BackwardTrajectory(_prior(state, dtype, device, batch=B), process, grid, disc)
-    return ForwardTrajectory(_x(state, dtype, device), process, grid, disc)
+        return BackwardTrajectory(process, _prior(state, dtype, device, batch=B), grid, disc)
+    return ForwardTrajectory(process, _x(state, dtype, device), grid, disc)
 
 
 def _check_trajectory(pname, dname, state, dtype, device):
@@ -231,7 +231,7 @@ def test_gradients_reach_every_parameter(pname, dname, state):
     x0 = x.clone().requires_grad_()
     if is_reverse:
         # Through a sampled trajectory (any lam) ...
-        tau = BackwardTrajectory(_prior(state, batch=B), process, _grid(), disc).rsample()
+        tau = BackwardTrajectory(process, _prior(state, batch=B), _grid(), disc).rsample()
         tau.pow(2).sum().backward()
         _assert_all_grads(process)
         # ... and through the DiffFlow objective (lam > 0, Gaussian scheme).
@@ -243,14 +243,14 @@ def test_gradients_reach_every_parameter(pname, dname, state):
             _assert_all_grads(process)
             assert x0.grad is not None and torch.isfinite(x0.grad).all()
     else:
-        tau = ForwardTrajectory(x0, process, _grid(), disc).rsample()
+        tau = ForwardTrajectory(process, x0, _grid(), disc).rsample()
         tau.pow(2).sum().backward()
         _assert_all_grads(process)
         assert x0.grad is not None and x0.grad.abs().sum() > 0
         if disc.gaussian and list(process.parameters()):  # through the transition means
             x0.grad = None
             process.zero_grad()
-            p_F = ForwardTrajectory(x0, process, _grid(), disc)
+            p_F = ForwardTrajectory(process, x0, _grid(), disc)
             p_F.log_prob(tau.detach()).sum().backward()
             _assert_all_grads(process)
 
@@ -263,7 +263,7 @@ def test_objectives_propagate_dtype(dtype):
     assert terms.nelbo.dtype == terms.step_terms.dtype == terms.x_final.dtype == dtype
     flow = ForwardSDE(TinyMLP(2, dtype=dtype), 0.0)
     assert FlowNLL(flow, StandardNormal((2,), dtype=dtype), _grid(dtype))(x0).nll.dtype == dtype
-    assert DenoisingScoreMatching(VPSDE(), TinyMLP(2, dtype=dtype))(x0).dtype == dtype
+    assert DenoisingScoreMatching(VPSDE(), TinyMLP(2, dtype=dtype))(x0).loss.dtype == dtype
     x = sample(reverse, StandardNormal((2,), dtype=dtype), _grid(dtype), (4,))
     assert x.dtype == dtype
 
@@ -276,7 +276,7 @@ def test_flow_nll_gradients_reach_every_parameter():
 
 def test_score_matching_gradients_reach_every_parameter():
     score = TinyMLP(2)
-    DenoisingScoreMatching(VPSDE(), score)(_x((2,))).mean().backward()
+    DenoisingScoreMatching(VPSDE(), score)(_x((2,))).loss.backward()
     _assert_all_grads(score)
 
 
@@ -335,8 +335,8 @@ def test_objectives_round_trip():
             torch.testing.assert_close(copy(x0).nll, expected[1], rtol=0, atol=0)
         for copy in _round_trips(dsm):
             gen = torch.Generator().manual_seed(5)
-            torch.testing.assert_close(copy(x0, generator=gen),
-                                       dsm(x0, generator=torch.Generator().manual_seed(5)))
+            torch.testing.assert_close(copy(x0, generator=gen).values,
+                                       dsm(x0, generator=torch.Generator().manual_seed(5)).values)
 
 
 @params("pname", sorted(PROCESSES))
@@ -361,12 +361,12 @@ def test_repr_is_informative(pname):
 
 # -- the distribution contract -------------------------------------------------------------------
 def _p_F(state=(2,), batch=B, n=4):
-    return ForwardTrajectory(_x(state, batch=batch), _build("forward_mlp", state)[0], _grid(n=n))
+    return ForwardTrajectory(_build("forward_mlp", state)[0], _x(state, batch=batch), _grid(n=n))
 
 
 def _p_B(state=(2,), batch=B, n=4, lam_name="reverse_lam1"):
     prior = _prior(state, batch=batch) if batch else _prior(state)
-    return BackwardTrajectory(prior, _build(lam_name, state)[0], _grid(n=n))
+    return BackwardTrajectory(_build(lam_name, state)[0], prior, _grid(n=n))
 
 
 @params("which", ["forward", "backward", "backward_unbatched"])
@@ -435,8 +435,8 @@ def test_kl_divergence_shape_and_expectation():
     state, n = (2,), 4
     reverse, _ = _build("reverse_lam1", state)
     x0 = _x(state, batch=1).expand(4000, 2)
-    p_F = ForwardTrajectory(x0, reverse.forward_sde, _grid(n=n))
-    p_B = BackwardTrajectory(_prior(state, batch=4000), reverse, _grid(n=n))
+    p_F = ForwardTrajectory(reverse.forward_sde, x0, _grid(n=n))
+    p_B = BackwardTrajectory(reverse, _prior(state, batch=4000), _grid(n=n))
     torch.manual_seed(11)
     with torch.no_grad():
         kl = kl_divergence(p_F, p_B)
@@ -456,7 +456,7 @@ def test_backward_trajectory_goodness_of_fit():
     """pyro's goodness-of-fit between ``sample`` and ``log_prob`` (2-D events: N = 1, d = 1)."""
     reverse = ReverseSDE(ForwardSDE(TinyMLP(1), 0.8), TinyMLP(1), 0.7)
     prior = Independent(Normal(torch.zeros(1, dtype=F64), torch.ones(1, dtype=F64)), 1)
-    p_B = BackwardTrajectory(prior, reverse, TimeGrid.uniform(1, 0.1, 0.6, dtype=F64))
+    p_B = BackwardTrajectory(reverse, prior, TimeGrid.uniform(1, 0.1, 0.6, dtype=F64))
     torch.manual_seed(0)
     with torch.no_grad():
         tau = p_B.sample((4000,))
@@ -468,7 +468,7 @@ def test_backward_trajectory_goodness_of_fit():
 def test_forward_trajectory_goodness_of_fit():
     """Density of x_{1:N} given x0 (N = 2, d = 1): goodness of fit on the free coordinates."""
     process = ForwardSDE(TinyMLP(1), LinearSchedule(0.5, 1.0))
-    p_F = ForwardTrajectory(torch.ones(1, 1, dtype=F64), process,
+    p_F = ForwardTrajectory(process, torch.ones(1, 1, dtype=F64),
                             TimeGrid.uniform(2, 0.0, 0.5, dtype=F64))
     torch.manual_seed(1)
     with torch.no_grad():

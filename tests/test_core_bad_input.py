@@ -107,7 +107,7 @@ def test_grid_bad_bounds_exponent_factor():
 
 def test_grid_of_wrong_type():
     with pytest.raises(TypeError, match="grid"):
-        ForwardTrajectory(_x0(), ForwardSDE(TinyMLP(2), 0.5), torch.linspace(0, 1, 5))
+        ForwardTrajectory(ForwardSDE(TinyMLP(2), 0.5), _x0(), torch.linspace(0, 1, 5))
     with pytest.raises(TypeError, match="grid"):
         _objective(grid=torch.linspace(0, 1, 5))
     with pytest.raises(TypeError, match="grid"):
@@ -125,7 +125,7 @@ def test_non_finite_x0(bad):
     x0 = _x0()
     x0[1, 0] = bad
     with pytest.raises(ValueError, match="x0"):
-        ForwardTrajectory(x0, ForwardSDE(TinyMLP(2), 0.5), _grid())
+        ForwardTrajectory(ForwardSDE(TinyMLP(2), 0.5), x0, _grid())
     with pytest.raises(ValueError, match="x0"):
         _objective()(x0)
     with pytest.raises(ValueError, match="x0"):
@@ -141,7 +141,7 @@ def test_drift_wrong_shape():
     with pytest.raises(ValueError, match="drift"):
         process.drift(x0, torch.tensor(0.0, dtype=F64))
     with pytest.raises(ValueError, match="drift"):
-        ForwardTrajectory(x0, process, _grid()).rsample()
+        ForwardTrajectory(process, x0, _grid()).rsample()
     reverse = ReverseSDE(process, TinyMLP(3))
     with pytest.raises(ValueError, match="drift"):
         DiffFlowObjective(reverse, StandardNormal((3,), dtype=F64), _grid())(x0)
@@ -187,7 +187,7 @@ def test_objective_rejects_g_zero_at_start():
 @pytest.mark.parametrize("g", [0.0, LinearSchedule(1.0, 0.0, 0.05, 0.6), negative_g])
 def test_backward_log_prob_rejects_g_not_positive(g):
     reverse = _reverse(g=g)
-    p_B = BackwardTrajectory(StandardNormal((2,), dtype=F64)().expand((3,)), reverse, _grid())
+    p_B = BackwardTrajectory(reverse, StandardNormal((2,), dtype=F64)().expand((3,)), _grid())
     tau = torch.zeros(3, 5, 2, dtype=F64)
     with pytest.raises(ValueError, match="diffusion"):
         p_B.log_prob(tau)
@@ -197,7 +197,7 @@ def test_backward_log_prob_rejects_g_not_positive(g):
 
 @pytest.mark.parametrize("g", [0.0, LinearSchedule(0.0, 1.0, 0.05, 0.6)])
 def test_forward_log_prob_rejects_g_zero(g):
-    p_F = ForwardTrajectory(_x0(), ForwardSDE(TinyMLP(2), g), _grid())
+    p_F = ForwardTrajectory(ForwardSDE(TinyMLP(2), g), _x0(), _grid())
     tau = p_F.rsample()  # sampling a flow is fine ...
     with pytest.raises(ValueError, match="diffusion"):  # ... its density is not
         p_F.log_prob(tau)
@@ -225,12 +225,12 @@ def test_module_dtype_mismatch():
     with pytest.raises(TypeError, match="x0"):
         _objective(reverse=reverse32)(x0)
     with pytest.raises(TypeError, match="x0"):
-        ForwardTrajectory(x0, reverse32.forward_sde, _grid())
+        ForwardTrajectory(reverse32.forward_sde, x0, _grid())
     with pytest.raises(TypeError, match="x0"):
         FlowNLL(ForwardSDE(TinyMLP(2, dtype=F32), 0.0), StandardNormal((2,), dtype=F64),
                 _grid())(x0)
     with pytest.raises(TypeError, match="prior samples"):
-        BackwardTrajectory(StandardNormal((2,), dtype=F64)(), reverse32, _grid())
+        BackwardTrajectory(reverse32, StandardNormal((2,), dtype=F64)(), _grid())
     with pytest.raises(TypeError, match="prior samples"):
         sample(reverse32, StandardNormal((2,), dtype=F64), _grid(), (2,))
 
@@ -240,9 +240,9 @@ def test_grid_dtype_mismatch():
     with pytest.raises(TypeError, match="grid"):
         _objective(grid=_grid(F32))(x0)
     with pytest.raises(TypeError, match="grid"):
-        ForwardTrajectory(x0, ForwardSDE(TinyMLP(2), 0.5), _grid(F32))
+        ForwardTrajectory(ForwardSDE(TinyMLP(2), 0.5), x0, _grid(F32))
     with pytest.raises(TypeError, match="grid"):
-        BackwardTrajectory(StandardNormal((2,), dtype=F64)(), _reverse(), _grid(F32))
+        BackwardTrajectory(_reverse(), StandardNormal((2,), dtype=F64)(), _grid(F32))
     with pytest.raises(TypeError, match="grid"):
         sample(_reverse(), StandardNormal((2,), dtype=F64), _grid(F32), (2,))
     with pytest.raises(TypeError, match="grid"):
@@ -264,7 +264,7 @@ def test_device_mismatch():
     with pytest.raises(ValueError, match="grid"):
         _objective(grid=_grid().to("cuda"))(x0)
     with pytest.raises(ValueError, match="grid"):
-        ForwardTrajectory(x0, ForwardSDE(TinyMLP(2), 0.5), _grid().to("cuda"))
+        ForwardTrajectory(ForwardSDE(TinyMLP(2), 0.5), x0, _grid().to("cuda"))
     with pytest.raises(ValueError, match="prior samples"):
         sample(_reverse().to("cuda"), StandardNormal((2,), dtype=F64), _grid(), (2,))
     with pytest.raises(ValueError, match="x0"):
@@ -279,7 +279,7 @@ def test_prior_event_shape_mismatch():
     with pytest.raises(ValueError, match="prior"):
         FlowNLL(ForwardSDE(TinyMLP(2), 0.0), StandardNormal((3,), dtype=F64), _grid())(x0)
     with pytest.raises(ValueError, match="prior"):  # no event dims: a batch of scalars
-        BackwardTrajectory(Normal(torch.zeros(2, dtype=F64), 1.0), _reverse(), _grid())
+        BackwardTrajectory(_reverse(), Normal(torch.zeros(2, dtype=F64), 1.0), _grid())
     with pytest.raises(ValueError, match="x_final"):
         sample(_reverse(), StandardNormal((2,), dtype=F64), _grid(),
                x_final=torch.zeros(4, 3, dtype=F64))
@@ -303,7 +303,7 @@ def test_objective_rejects_lam_zero():
 
 
 def test_backward_log_prob_rejects_lam_zero():
-    p_B = BackwardTrajectory(StandardNormal((2,), dtype=F64)(), _reverse(lam=0.0), _grid())
+    p_B = BackwardTrajectory(_reverse(lam=0.0), StandardNormal((2,), dtype=F64)(), _grid())
     with pytest.raises(ValueError, match="diffusion"):
         p_B.log_prob(p_B.sample((3,)))
 
@@ -311,32 +311,32 @@ def test_backward_log_prob_rejects_lam_zero():
 def test_non_gaussian_discretizer_where_a_density_is_needed():
     with pytest.raises(TypeError, match="discretizer"):
         _objective(discretizer=NotGaussian())
-    p_F = ForwardTrajectory(_x0(), ForwardSDE(TinyMLP(2), 0.5), _grid(), NotGaussian())
+    p_F = ForwardTrajectory(ForwardSDE(TinyMLP(2), 0.5), _x0(), _grid(), NotGaussian())
     tau = p_F.rsample()  # sampling is fine
     with pytest.raises(TypeError, match="discretizer"):
         p_F.log_prob(tau)
-    p_B = BackwardTrajectory(StandardNormal((2,), dtype=F64)(), _reverse(), _grid(),
+    p_B = BackwardTrajectory(_reverse(), StandardNormal((2,), dtype=F64)(), _grid(),
                              NotGaussian())
     with pytest.raises(TypeError, match="discretizer"):
         p_B.log_prob(p_B.sample((3,)))
     with pytest.raises(TypeError, match="discretizer"):
-        ForwardTrajectory(_x0(), ForwardSDE(TinyMLP(2), 0.5), _grid(), discretizer="euler")
+        ForwardTrajectory(ForwardSDE(TinyMLP(2), 0.5), _x0(), _grid(), discretizer="euler")
 
 
 def test_wrong_noise_shape():
     x0 = _x0()
     with pytest.raises(ValueError, match="noise"):
         _objective()(x0, noise=torch.zeros(3, 3, 2, dtype=F64))  # N = 4 steps expected
-    p_F = ForwardTrajectory(x0, ForwardSDE(TinyMLP(2), 0.5), _grid())
+    p_F = ForwardTrajectory(ForwardSDE(TinyMLP(2), 0.5), x0, _grid())
     with pytest.raises(ValueError, match="delta_forward"):
         p_F.trajectory_from_noise(torch.zeros(3, 5, 2, dtype=F64))
-    p_B = BackwardTrajectory(StandardNormal((2,), dtype=F64)().expand((3,)), _reverse(), _grid())
+    p_B = BackwardTrajectory(_reverse(), StandardNormal((2,), dtype=F64)().expand((3,)), _grid())
     with pytest.raises(ValueError, match="delta_backward"):
         p_B.trajectory_from_noise(torch.zeros(3, 2, dtype=F64), torch.zeros(3, 3, 2, dtype=F64))
 
 
 def test_wrong_trajectory_shape():
-    p_F = ForwardTrajectory(_x0(), ForwardSDE(TinyMLP(2), 0.5), _grid())
+    p_F = ForwardTrajectory(ForwardSDE(TinyMLP(2), 0.5), _x0(), _grid())
     # torch's own sample validation names the argument ``value``; sdeflow's names it ``tau``
     with pytest.raises(ValueError, match="tau|value"):
         p_F.log_prob(torch.zeros(3, 4, 2, dtype=F64))  # N + 1 = 5 times expected
@@ -350,7 +350,7 @@ def test_empty_batch():
     with pytest.raises(ValueError, match="x0"):
         _objective()(x0)
     with pytest.raises(ValueError, match="x0"):
-        ForwardTrajectory(x0, ForwardSDE(TinyMLP(2), 0.5), _grid())
+        ForwardTrajectory(ForwardSDE(TinyMLP(2), 0.5), x0, _grid())
     with pytest.raises(ValueError, match="x0"):
         FlowNLL(ForwardSDE(TinyMLP(2), 0.0), StandardNormal((2,), dtype=F64), _grid())(x0)
     with pytest.raises(ValueError, match="x0"):
@@ -359,9 +359,9 @@ def test_empty_batch():
 
 def test_x0_without_batch_dim():
     with pytest.raises(ValueError, match="x0"):
-        ForwardTrajectory(torch.zeros(2, dtype=F64), ForwardSDE(TinyMLP(2), 0.5), _grid())
+        ForwardTrajectory(ForwardSDE(TinyMLP(2), 0.5), torch.zeros(2, dtype=F64), _grid())
     with pytest.raises(TypeError, match="x0"):
-        ForwardTrajectory(torch.zeros(3, 2, dtype=torch.long), ForwardSDE(TinyMLP(2), 0.5),
+        ForwardTrajectory(ForwardSDE(TinyMLP(2), 0.5), torch.zeros(3, 2, dtype=torch.long),
                           _grid())
 
 

@@ -98,9 +98,9 @@ def test_I1_decomposition(state, batch, grid, schedule, fkind, skind, seed, lam)
     d = math.prod(state)
     terms = DiffFlowObjective(reverse, prior, grid)(x0, noise=noise)
 
-    p_F = ForwardTrajectory(x0, forward, grid)
+    p_F = ForwardTrajectory(forward, x0, grid)
     tau = p_F.trajectory_from_noise(noise.movedim(0, 1))
-    p_B = BackwardTrajectory(prior(), reverse, grid)
+    p_B = BackwardTrajectory(reverse, prior(), grid)
     torch.testing.assert_close(terms.x_final, tau[:, -1], **CLOSE)
 
     # Independent, written-out transitions (no library code but the user's fields).
@@ -153,8 +153,8 @@ def test_I1_decomposition(state, batch, grid, schedule, fkind, skind, seed, lam)
 def test_I2_backward_noise(state, batch, grid, schedule, fkind, skind, seed):
     drift, score, forward, reverse, prior, x0, noise = _setup(
         state, batch, grid, schedule, fkind, skind, seed)
-    tau = ForwardTrajectory(x0, forward, grid).trajectory_from_noise(noise.movedim(0, 1))
-    delta_b = BackwardTrajectory(prior(), reverse, grid).delta_backward(tau)
+    tau = ForwardTrajectory(forward, x0, grid).trajectory_from_noise(noise.movedim(0, 1))
+    delta_b = BackwardTrajectory(reverse, prior(), grid).delta_backward(tau)
     ts, dts, g = grid.ts, grid.dts, schedule(grid.ts)
     for i in range(grid.n_steps):
         x, x_next = tau[:, i], tau[:, i + 1]
@@ -329,9 +329,9 @@ def test_I5_pathwise_flow_limit(state, batch, grid, fkind, seed):
     x0 = _randn((batch,) + state, seed + 1)
     noise = _randn((batch, grid.n_steps) + state, seed + 2)
     with torch.no_grad():
-        flow = ForwardTrajectory(x0, ForwardSDE(drift, 0.0), grid).trajectory_from_noise(noise)
+        flow = ForwardTrajectory(ForwardSDE(drift, 0.0), x0, grid).trajectory_from_noise(noise)
         gs = [0.08, 0.04, 0.02, 0.01]
-        errs = [float((ForwardTrajectory(x0, ForwardSDE(drift, g), grid)
+        errs = [float((ForwardTrajectory(ForwardSDE(drift, g), x0, grid)
                        .trajectory_from_noise(noise) - flow).abs().max()) for g in gs]
     assert abs(_slope(gs, errs) - 1.0) < 0.1, errs
     # The g = 0 trajectory is the Euler flow x_{i+1} = x_i + f(x_i, t_i) dt_i.

@@ -65,7 +65,7 @@ def test_sdeint_euler_matches_forward_trajectory(processes, shape):
     bm = torchsde.BrownianInterval(t0=0.0, t1=1.0, size=(shape[0], x0[0].numel()), dtype=DT)
     ys = torchsde.sdeint(to_torchsde(fwd, shape[1:]), x0.reshape(shape[0], -1), grid.ts, bm=bm,
                          method="euler", dt=0.125)
-    tau = ForwardTrajectory(x0, fwd, grid).trajectory_from_noise(
+    tau = ForwardTrajectory(fwd, x0, grid).trajectory_from_noise(
         noise_from_brownian(bm, grid, shape[1:]))
     torch.testing.assert_close(ys.transpose(0, 1).reshape(tau.shape), tau, rtol=0, atol=1e-13)
 
@@ -78,7 +78,7 @@ def test_solve_torchsde_on_jittered_grid(processes, shape):
     bm = torchsde.BrownianInterval(t0=grid.t0, t1=grid.t1, size=(shape[0], x0[0].numel()),
                                    dtype=DT)
     tau_ts = solve_torchsde(fwd, x0, grid, method="euler", bm=bm)
-    tau = ForwardTrajectory(x0, fwd, grid).trajectory_from_noise(
+    tau = ForwardTrajectory(fwd, x0, grid).trajectory_from_noise(
         noise_from_brownian(bm, grid, shape[1:]))
     torch.testing.assert_close(tau_ts, tau, rtol=0, atol=1e-13)
 
@@ -91,7 +91,7 @@ def test_reverse_with_our_noise_matches_backward_trajectory_and_sample(processes
     gen = torch.Generator().manual_seed(3)
     x_final = torch.randn(shape, generator=gen, dtype=DT)
     noise = torch.randn((shape[0], grid.n_steps) + shape[1:], generator=gen, dtype=DT)
-    tau = BackwardTrajectory(prior(), rev, grid).trajectory_from_noise(x_final, noise)
+    tau = BackwardTrajectory(rev, prior(), grid).trajectory_from_noise(x_final, noise)
     tau_ts = sample_torchsde(rev, prior, grid, method="euler", x_final=x_final,
                              bm=brownian_from_noise(grid, noise, reverse=True),
                              return_trajectory=True)
@@ -115,7 +115,7 @@ def test_sdeflow_heun_matches_torchsde_heun(processes):
     x_final = torch.randn(shape, generator=gen, dtype=DT)
     noise = torch.randn((3, grid.n_steps, 2), generator=gen, dtype=DT)
     prior = StandardNormal((2,), dtype=DT)
-    ours = BackwardTrajectory(prior(), rev, grid, StochasticHeun()).trajectory_from_noise(
+    ours = BackwardTrajectory(rev, prior(), grid, StochasticHeun()).trajectory_from_noise(
         x_final, noise)
     theirs = sample_torchsde(rev, prior, grid, method="heun", x_final=x_final,
                              bm=brownian_from_noise(grid, noise, reverse=True),
@@ -188,15 +188,15 @@ def test_pyro_sample_trace_log_prob(processes):
 
     def model():
         with pyro.plate("data", 5):
-            tau = pyro.sample("tau", ForwardTrajectory(x0, fwd, grid))
-            pyro.sample("tau_b", BackwardTrajectory(prior(), rev, grid), obs=tau)
+            tau = pyro.sample("tau", ForwardTrajectory(fwd, x0, grid))
+            pyro.sample("tau_b", BackwardTrajectory(rev, prior(), grid), obs=tau)
         return tau
 
     trace = poutine.trace(model).get_trace()
     tau = trace.nodes["tau"]["value"]
     assert tau.shape == (5, grid.n_steps + 1, 2)
-    ours = (ForwardTrajectory(x0, fwd, grid).log_prob(tau).sum()
-            + BackwardTrajectory(prior(), rev, grid).log_prob(tau).sum())
+    ours = (ForwardTrajectory(fwd, x0, grid).log_prob(tau).sum()
+            + BackwardTrajectory(rev, prior(), grid).log_prob(tau).sum())
     torch.testing.assert_close(trace.log_prob_sum(), ours)
     # the plate expanded p_B's batch shape () to (5,)
     assert trace.nodes["tau_b"]["fn"].batch_shape == (5,)
@@ -205,7 +205,7 @@ def test_pyro_sample_trace_log_prob(processes):
 def test_expand_to_event_and_shapes(processes):
     fwd, rev = processes
     grid = _grid(9)
-    p_f = ForwardTrajectory(torch.randn(1, 2, 2, dtype=DT), fwd, grid)
+    p_f = ForwardTrajectory(fwd, torch.randn(1, 2, 2, dtype=DT), grid)
     big = p_f.expand((4,))
     assert big.batch_shape == (4,) and big.event_shape == (grid.n_steps + 1, 2, 2)
     tau = big.rsample((3,))
@@ -214,14 +214,14 @@ def test_expand_to_event_and_shapes(processes):
     whole = big.to_event(1)
     assert whole.batch_shape == () and whole.event_shape == (4, grid.n_steps + 1, 2, 2)
     torch.testing.assert_close(whole.log_prob(tau), big.log_prob(tau).sum(-1))
-    p_b = BackwardTrajectory(StandardNormal((2, 2), dtype=DT)(), rev, grid, validate_args=True)
+    p_b = BackwardTrajectory(rev, StandardNormal((2, 2), dtype=DT)(), grid, validate_args=True)
     p_b2 = p_b.expand((2, 3))
     assert p_b2.batch_shape == (2, 3) and p_b2._validate_args
     # expand keeps the validation setting either way (pyro's plates expand distributions)
     for flag in (True, False):
-        d = ForwardTrajectory(torch.zeros(1, 2, dtype=DT), fwd, grid, validate_args=flag)
+        d = ForwardTrajectory(fwd, torch.zeros(1, 2, dtype=DT), grid, validate_args=flag)
         assert d.expand((3,))._validate_args is flag
-        d = BackwardTrajectory(StandardNormal((2,), dtype=DT)(), rev, grid, validate_args=flag)
+        d = BackwardTrajectory(rev, StandardNormal((2,), dtype=DT)(), grid, validate_args=flag)
         assert d.expand((3,))._validate_args is flag
     with pytest.raises(ValueError, match="1-D"):
         p_f.expand((2, 2))
@@ -230,7 +230,7 @@ def test_expand_to_event_and_shapes(processes):
 def test_validate_args_and_support(processes):
     fwd, rev = processes
     grid = _grid(10)
-    p_f = ForwardTrajectory(torch.randn(3, 2, dtype=DT), fwd, grid, validate_args=True)
+    p_f = ForwardTrajectory(fwd, torch.randn(3, 2, dtype=DT), grid, validate_args=True)
     assert p_f.support.event_dim == 2 and p_f.arg_constraints == {}
     tau = p_f.sample()
     assert bool(p_f.support.check(tau).all())
@@ -240,7 +240,7 @@ def test_validate_args_and_support(processes):
         p_f.log_prob(bad)
     with pytest.raises(ValueError):
         p_f.log_prob(tau[..., :1])
-    p_b = BackwardTrajectory(StandardNormal((2,), dtype=DT)(), rev, grid, validate_args=True)
+    p_b = BackwardTrajectory(rev, StandardNormal((2,), dtype=DT)(), grid, validate_args=True)
     with pytest.raises(ValueError, match="support"):
         p_b.log_prob(bad)
 
@@ -256,16 +256,20 @@ def test_goodness_of_fit_forward_and_backward(processes):
     torch.manual_seed(11)
     fwd = ForwardSDE(_drift, 0.5).to(DT)
     grid = TimeGrid.uniform(2, 0.0, 0.5, dtype=DT)
-    p_f = ForwardTrajectory(torch.full((1, 1), 0.3, dtype=DT), fwd, grid).expand((5000,))
+    p_f = ForwardTrajectory(fwd, torch.full((1, 1), 0.3, dtype=DT), grid).expand((5000,))
     tau = p_f.sample()
     # x0 is fixed: the density lives on x_1, x_2 (dim 2)
     probs = p_f.log_prob(tau).exp()
     assert auto_goodness_of_fit(tau[:, 1:].reshape(5000, -1), probs, dim=2) > GOF_RATE
-    wrong = ForwardTrajectory(torch.full((5000, 1), 0.3, dtype=DT), ForwardSDE(_drift, 0.6), grid)
+    wrong = ForwardTrajectory(ForwardSDE(_drift, 0.6), torch.full((5000, 1), 0.3, dtype=DT), grid)
     assert auto_goodness_of_fit(tau[:, 1:].reshape(5000, -1), wrong.log_prob(tau).exp(),
                                 dim=2) < GOF_RATE
     rev = ReverseSDE(fwd, _score)
-    p_b = BackwardTrajectory(StandardNormal((1,), dtype=DT)(), rev,
+    # its own stream, so the draws above do not move it: this gof statistic is far from uniform
+    # under the null (4 of 40 seeds fall below GOF_RATE with the exact sampler), so the test is
+    # reproducible only on a fixed stream
+    torch.manual_seed(0)
+    p_b = BackwardTrajectory(rev, StandardNormal((1,), dtype=DT)(),
                              TimeGrid.uniform(1, 0.0, 0.5, dtype=DT)).expand((5000,))
     tau = p_b.sample()
     assert _gof(p_b, tau, 2) > GOF_RATE

@@ -28,6 +28,11 @@ from sdeflow.likelihood import (
 
 F64 = torch.float64
 
+def _span(t0: float, t1: float, like: torch.Tensor) -> TimeGrid:
+    """The one-step grid [t0, t1] in ``like``'s dtype (the likelihood's time description)."""
+    return TimeGrid(torch.tensor([t0, t1], dtype=like.dtype, device=like.device))
+
+
 
 def _gaussian_setup(seed: int = 0, d: int = 2):
     """VP SDE on Gaussian data x0 ~ N(mu, diag(sigma^2)) and its exact marginal score."""
@@ -58,8 +63,9 @@ def _data_log_prob(x, mu, sigma):
 def test_gaussian_under_vp_sde_equals_exact_density():
     sde, score, prior, mu, sigma = _gaussian_setup()
     x = mu + sigma * torch.randn(64, 2, generator=torch.Generator().manual_seed(1), dtype=F64)
-    res = ode_log_likelihood(probability_flow(sde, score), x, prior, t0=0.0, t1=sde.T,
-                             rtol=1e-8, atol=1e-8)
+    res = ode_log_likelihood(
+        probability_flow(sde, score), prior, _span(0.0, sde.T, x), x, rtol=1e-8, atol=1e-8
+    )
     assert isinstance(res, LikelihoodResult)
     assert res.log_prob.shape == res.prior_log_prob.shape == res.delta_log_prob.shape == (64,)
     assert res.x_final.shape == x.shape and res.nfe > 0
@@ -85,8 +91,9 @@ def test_linear_flow_closed_form(state, trace):
     A, flow = _linear_flow(d, seed=2)
     x = torch.randn((5, *state), generator=torch.Generator().manual_seed(3), dtype=F64)
     prior = StandardNormal(state, dtype=F64)
-    res = ode_log_likelihood(flow, x, prior, t0=0.1, t1=0.1 + T, trace=trace,
-                             rtol=1e-9, atol=1e-9)
+    res = ode_log_likelihood(
+        flow, prior, _span(0.1, 0.1 + T, x), x, trace=trace, rtol=1e-9, atol=1e-9
+    )
     x_T = (x.reshape(5, d) @ torch.linalg.matrix_exp(A * T).T).reshape(x.shape)
     torch.testing.assert_close(res.x_final, x_T, atol=1e-7, rtol=0)
     torch.testing.assert_close(res.delta_log_prob, (T * A.trace()).expand(5), atol=1e-7, rtol=0)
@@ -100,11 +107,13 @@ def test_float32_and_results_detached_by_default():
     A32 = A.float()
     scaled = ForwardSDE(lambda x, t: w * (x @ A32.T), 0.0)
     x = torch.randn(7, 2)
-    res = ode_log_likelihood(scaled, x, StandardNormal((2,)), t0=0.0, t1=1.0)
+    res = ode_log_likelihood(scaled, StandardNormal((2,)), _span(0.0, 1.0, x), x)
     assert res.log_prob.dtype == torch.float32 and not res.log_prob.requires_grad
     assert not x.requires_grad
-    expected = (StandardNormal((2,))().log_prob(x @ torch.linalg.matrix_exp(0.5 * A).T.float())
-                + 0.5 * A.trace().float())
+    expected = (
+        StandardNormal((2,))().log_prob(x @ torch.linalg.matrix_exp(0.5 * A).T.float())
+        + 0.5 * A.trace().float()
+    )
     torch.testing.assert_close(res.log_prob, expected, atol=1e-4, rtol=0)
 
 
@@ -115,8 +124,9 @@ def test_create_graph_gives_the_closed_form_gradient():
     flow = ForwardSDE(lambda x, t: x @ A.T, 0.0)
     x = torch.randn(6, d, generator=torch.Generator().manual_seed(6), dtype=F64)
     prior = StandardNormal((d,), dtype=F64)
-    res = ode_log_likelihood(flow, x, prior, t0=0.0, t1=T, create_graph=True,
-                             rtol=1e-10, atol=1e-10)
+    res = ode_log_likelihood(
+        flow, prior, _span(0.0, T, x), x, create_graph=True, rtol=1e-10, atol=1e-10
+    )
     (grad,) = torch.autograd.grad(res.log_prob.sum(), A)
     B = A0.clone().requires_grad_(True)
     exact = prior().log_prob(x @ torch.linalg.matrix_exp(B * T).T) + T * B.trace()
@@ -125,6 +135,7 @@ def test_create_graph_gives_the_closed_form_gradient():
 
 
 # -- the ELBO bound -------------------------------------------------------------------------------
+
 
 def _backward_chain_nll(x0, sde, mu, sigma, grid, prior):
     r"""Exact -log p_B(x0) of the Euler-Maruyama backward chain with the linear exact score:
@@ -169,8 +180,9 @@ def test_elbo_bounds_the_backward_chain_nll_and_the_exact_nll():
     # (2) over the data: E_q[nelbo] >= E_q[-log p_B] >= E_q[-log q] = the exact (ODE) NLL
     x = mu + sigma * torch.randn(2000, 2, generator=gen, dtype=F64)
     nelbo = objective(x, generator=gen).nelbo
-    ode_nll = ode_log_likelihood(probability_flow(sde, score), x, prior, t0=0.0, t1=sde.T,
-                                 rtol=1e-7, atol=1e-7).nll
+    ode_nll = ode_log_likelihood(
+        probability_flow(sde, score), prior, _span(0.0, sde.T, x), x, rtol=1e-7, atol=1e-7
+    ).nll
     torch.testing.assert_close(ode_nll, -_data_log_prob(x, mu, sigma), atol=1e-4, rtol=0)
     gap = nelbo - ode_nll
     assert gap.mean() >= -4 * gap.std() / math.sqrt(gap.numel()), gap.mean()
@@ -178,6 +190,7 @@ def test_elbo_bounds_the_backward_chain_nll_and_the_exact_nll():
 
 
 # -- Hutchinson -----------------------------------------------------------------------------------
+
 
 class _TanhField(nn.Module):
     def __init__(self, d: int) -> None:
@@ -196,20 +209,33 @@ def test_hutchinson_is_unbiased(probe):
     flow = ForwardSDE(_TanhField(d), 0.0)
     prior = StandardNormal((d,), dtype=F64)
     x = torch.randn(2, d, generator=torch.Generator().manual_seed(9), dtype=F64)
-    exact = ode_log_likelihood(flow, x, prior, t0=0.0, t1=1.0, trace="exact")
+    exact = ode_log_likelihood(flow, prior, _span(0.0, 1.0, x), x, trace="exact")
     reps = 1000
-    est = ode_log_likelihood(flow, x.repeat_interleave(reps, 0), prior, t0=0.0, t1=1.0,
-                             trace="hutchinson", probe=probe,
-                             generator=torch.Generator().manual_seed(10))
+    est = ode_log_likelihood(
+        flow,
+        prior,
+        _span(0.0, 1.0, x),
+        x.repeat_interleave(reps, 0),
+        trace="hutchinson",
+        probe=probe,
+        generator=torch.Generator().manual_seed(10),
+    )
     torch.testing.assert_close(est.x_final[::reps], exact.x_final, atol=1e-4, rtol=0)
     delta = est.delta_log_prob.reshape(2, reps)
     mean, se = delta.mean(1), delta.std(1) / math.sqrt(reps)
     assert (se > 0).all()  # the estimator is random: probes differ across samples
     assert ((mean - exact.delta_log_prob).abs() < 4 * se).all(), (mean, se, exact.delta_log_prob)
     # more probes per sample: smaller spread, same mean
-    est4 = ode_log_likelihood(flow, x.repeat_interleave(reps, 0), prior, t0=0.0, t1=1.0,
-                              trace="hutchinson", n_probes=4, probe=probe,
-                              generator=torch.Generator().manual_seed(11))
+    est4 = ode_log_likelihood(
+        flow,
+        prior,
+        _span(0.0, 1.0, x),
+        x.repeat_interleave(reps, 0),
+        trace="hutchinson",
+        n_probes=4,
+        probe=probe,
+        generator=torch.Generator().manual_seed(11),
+    )
     assert est4.delta_log_prob.reshape(2, reps).std(1).lt(delta.std(1)).all()
 
 
@@ -217,19 +243,31 @@ def test_hutchinson_is_seeded_and_auto_switches():
     flow = ForwardSDE(_TanhField(40), 0.0)
     prior = StandardNormal((40,), dtype=F64)
     x = torch.randn(3, 40, generator=torch.Generator().manual_seed(12), dtype=F64)
-    a, b = (ode_log_likelihood(flow, x, prior, t0=0.0, t1=0.5, trace=tr,
-                               generator=torch.Generator().manual_seed(13), rtol=1e-3, atol=1e-3)
-            for tr in ("auto", "hutchinson"))
+    a, b = (
+        ode_log_likelihood(
+            flow,
+            prior,
+            _span(0.0, 0.5, x),
+            x,
+            trace=tr,
+            generator=torch.Generator().manual_seed(13),
+            rtol=1e-3,
+            atol=1e-3,
+        )
+        for tr in ("auto", "hutchinson")
+    )
     torch.testing.assert_close(a.log_prob, b.log_prob, rtol=0, atol=0)
 
 
 # -- bits per dimension ---------------------------------------------------------------------------
 
+
 def test_bits_per_dim_uniform_8bit_is_8():
     d = 3 * 4 * 4
     nll_uniform = torch.full((5,), d * math.log(2.0), dtype=F64)  # p = 2^-d on [-1, 1]^d
-    torch.testing.assert_close(bits_per_dim(nll_uniform, d, levels=256),
-                               torch.full((5,), 8.0, dtype=F64))
+    torch.testing.assert_close(
+        bits_per_dim(nll_uniform, d, levels=256), torch.full((5,), 8.0, dtype=F64)
+    )
     torch.testing.assert_close(bits_per_dim(nll_uniform, d), torch.ones(5, dtype=F64))
 
 
@@ -251,6 +289,7 @@ def test_bits_per_dim_equals_discrete_entropy_for_cellwise_constant_density():
 
 # -- bad input ------------------------------------------------------------------------------------
 
+
 def _ok_args():
     flow = ForwardSDE(lambda x, t: -x, 0.0)
     return flow, torch.zeros(2, 2), StandardNormal((2,))
@@ -259,18 +298,20 @@ def _ok_args():
 @pytest.mark.parametrize(
     "change, match",
     [
-        (dict(ode=ReverseSDE(ForwardSDE(lambda x, t: -x, 1.0), lambda x, t: -x)),
-         "probability_flow"),
-        (dict(ode=ReverseSDE(ForwardSDE(lambda x, t: -x, 1.0), lambda x, t: -x, lam=0.5)),
-         "lam=0.5"),
+        (
+            dict(ode=ReverseSDE(ForwardSDE(lambda x, t: -x, 1.0), lambda x, t: -x)),
+            "probability_flow",
+        ),
+        (
+            dict(ode=ReverseSDE(ForwardSDE(lambda x, t: -x, 1.0), lambda x, t: -x, lam=0.5)),
+            "with_lam",
+        ),
         (dict(ode=ForwardSDE(lambda x, t: -x, 0.2)), "ForwardSDE"),
         (dict(ode=VPSDE()), "zero diffusion"),
         (dict(x0=torch.zeros(2, 3)), "x0"),
         (dict(x0=torch.zeros(2)), "x0"),
         (dict(x0=torch.zeros(0, 2)), "x0"),
         (dict(x0=torch.full((2, 2), float("nan"))), "x0"),
-        (dict(t1=0.0), "t1"),
-        (dict(t1=-1.0), "t1"),
         (dict(trace="approx"), "trace"),
         (dict(n_probes=0), "n_probes"),
         (dict(probe="uniform"), "probe"),
@@ -279,30 +320,32 @@ def _ok_args():
 )
 def test_bad_input_raises_value_error(change, match):
     flow, x0, prior = _ok_args()
-    kw = dict(ode=flow, x0=x0, prior=prior, t0=0.0, t1=1.0)
+    kw = dict(ode=flow, x0=x0, prior=prior)
     kw.update(change)
     ode, x0, prior = kw.pop("ode"), kw.pop("x0"), kw.pop("prior")
     with pytest.raises(ValueError, match=match):
-        ode_log_likelihood(ode, x0, prior, **kw)
+        ode_log_likelihood(ode, prior, TimeGrid.uniform(1, 0.0, 1.0), x0, **kw)
 
 
 def test_no_grad_works_and_inference_mode_is_refused():
     flow, x0, prior = _ok_args()
     with torch.no_grad():
-        res = ode_log_likelihood(flow, x0, prior, t0=0.0, t1=1.0)
+        res = ode_log_likelihood(flow, prior, _span(0.0, 1.0, x0), x0)
     torch.testing.assert_close(res.delta_log_prob, torch.full((2,), -2.0), atol=1e-5, rtol=0)
     with torch.inference_mode(), pytest.raises(RuntimeError, match="inference_mode"):
-        ode_log_likelihood(flow, x0, prior, t0=0.0, t1=1.0)
+        ode_log_likelihood(flow, prior, _span(0.0, 1.0, x0), x0)
 
 
 def test_bad_types_raise_type_error():
     flow, x0, prior = _ok_args()
     with pytest.raises(TypeError, match="ode"):
-        ode_log_likelihood(lambda x, t: x, x0, prior, t0=0.0, t1=1.0)
+        ode_log_likelihood(lambda x, t: x, prior, _span(0.0, 1.0, x0), x0)
+    with pytest.raises(TypeError, match="grid must be a TimeGrid"):
+        ode_log_likelihood(flow, prior, (0.0, 1.0), x0)
     with pytest.raises(TypeError, match="x0"):
-        ode_log_likelihood(flow, torch.zeros(2, 2, dtype=torch.long), prior, t0=0.0, t1=1.0)
+        ode_log_likelihood(flow, prior, _span(0.0, 1.0, x0), torch.zeros(2, 2, dtype=torch.long))
     with pytest.raises(TypeError, match="x0"):
-        ode_log_likelihood(flow, torch.zeros(2, 2, dtype=F64), prior, t0=0.0, t1=1.0)
+        ode_log_likelihood(flow, prior, _span(0.0, 1.0, x0), torch.zeros(2, 2, dtype=F64))
     with pytest.raises(TypeError, match="terms"):
         elbo_bits_per_dim(torch.zeros(3))
 

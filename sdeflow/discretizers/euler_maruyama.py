@@ -7,9 +7,11 @@ Forward DiffFlow step (``dt > 0``): :math:`x_{i+1} = x_i + f(x_i, t_i)\,dt_i + g
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from sdeflow.discretizers.base import Discretizer, register_discretizer
+from sdeflow.discretizers.stepper import AffineSteps
 from sdeflow.processes.base import SDE
 
 __all__ = ["EulerMaruyama"]
@@ -19,7 +21,9 @@ __all__ = ["EulerMaruyama"]
 class EulerMaruyama(Discretizer):
     r"""Euler–Maruyama scheme: strong order 1/2 (1 for additive noise), weak order 1.
 
-    Its transition is Gaussian: mean :math:`x + b\,dt`, std :math:`\sigma\sqrt{|dt|}`.
+    Its transition is Gaussian: mean :math:`x + b\,dt`, std :math:`\sigma\sqrt{|dt|}`; on
+    additive noise its steps are affine, :math:`(\alpha, \beta, \sigma) = (1,\ dt,\
+    g(t)\sqrt{|dt|})`.
 
     Example:
         >>> import torch
@@ -41,6 +45,9 @@ class EulerMaruyama(Discretizer):
     ) -> tuple[Tensor, Tensor]:
         b = sde.drift(x, t) if drift is None else drift
         return x + b * dt, sde.diffusion(x, t) * dt.abs().sqrt()
+
+    def affine_steps(self, sde: SDE, t: Tensor, dt: Tensor) -> AffineSteps:
+        return AffineSteps(torch.ones_like(dt), dt, sde.diffusion_scale(t) * dt.abs().sqrt())
 
     def step(self, sde: SDE, x: Tensor, t: Tensor, dt: Tensor, noise: Tensor) -> Tensor:
         mean, std = self.transition(sde, x, t, dt)

@@ -24,11 +24,16 @@ s(t)^2)` of a :class:`~sdeflow.processes.LinearSDE`, :math:`\Phi = m(t+h)/m(t)` 
 :math:`V = \lambda^2\,|s(t+h)^2 - \Phi^2 s(t)^2|` for either sign of :math:`h` (``λ = 1`` for the
 forward process).
 
-Which processes: a :class:`~sdeflow.processes.LinearSDE` (then :math:`n = 0` and the step is the
-exact transition), or a :class:`~sdeflow.processes.ReverseSDE` of one, whose drift
-:math:`a(t)\,x - \tfrac{1+\lambda^2}{2} g^2 s(x, t)` has the same linear part and the score term as
-remainder. Any other process raises a :class:`TypeError` (no silent fall-back to Euler–Maruyama:
-a nonlinear DiffFlow drift has no linear part to integrate exactly).
+Which processes: any process that declares a linear part
+(:meth:`SDE.linear_part <sdeflow.processes.SDE.linear_part>`): a
+:class:`~sdeflow.processes.LinearSDE` (then :math:`n = 0` and the step is the exact transition),
+the reverse family of one (drift :math:`a(t)\,x - \tfrac{1+\lambda^2}{2} g^2 s(x, t)`: the same
+linear part and the score term as remainder), or a user's process declaring one. Any other
+process raises a :class:`TypeError` (no silent fall-back to Euler–Maruyama: a nonlinear DiffFlow
+drift has no linear part to integrate exactly).
+
+The step is affine, :math:`x' = (\Phi - \Psi a(t))\,x + \Psi\, b(x, t) + \sqrt{V}\,\delta`,
+and declares these coefficients (:meth:`ExponentialIntegrator.affine_steps`).
 
 Orders: strong 1.0 (all accepted processes have additive noise), weak 1.0; exact in distribution
 on linear processes (:math:`n = 0`).
@@ -46,9 +51,8 @@ from torch import Tensor
 
 from sdeflow._checks import as_time, expand_to
 from sdeflow.discretizers.base import Discretizer, register_discretizer
-from sdeflow.processes.base import SDE
-from sdeflow.processes.linear import LinearSDE
-from sdeflow.processes.reverse import ReverseSDE
+from sdeflow.discretizers.stepper import AffineSteps
+from sdeflow.processes.base import SDE, LinearPart
 
 __all__ = ["ExponentialIntegrator"]
 
@@ -82,32 +86,40 @@ class ExponentialIntegrator(Discretizer):
     gaussian = True
 
     @staticmethod
-    def linear_part(sde: SDE) -> tuple[LinearSDE, float]:
-        """``(linear process whose a(t), m(t), s(t)) apply, noise factor λ)`` for ``sde``."""
-        if isinstance(sde, LinearSDE):
-            return sde, 1.0
-        if isinstance(sde, ReverseSDE) and isinstance(sde.forward_sde, LinearSDE):
-            return sde.forward_sde, sde.lam
-        raise TypeError(
-            f"ExponentialIntegrator needs a LinearSDE (VP, sub-VP, VE, ...) or a ReverseSDE of "
-            f"one, got {type(sde).__name__}; use EulerMaruyama or StochasticHeun for others"
-        )
+    def linear_part(sde: SDE) -> LinearPart:
+        """``sde``'s declared linear part, or a :class:`TypeError` saying the scheme declines it."""
+        part = sde.linear_part()
+        if part is None:
+            raise TypeError(
+                f"ExponentialIntegrator needs a process with a declared linear drift part "
+                f"(linear_part(): VP, sub-VP, VE, their reverse family, ...); "
+                f"{type(sde).__name__} declares none; use EulerMaruyama or StochasticHeun"
+            )
+        return part
+
+    def coefficients(self, sde: SDE, t: Tensor, dt: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        r""":math:`(\Phi - \Psi a(t),\ \Psi,\ \sqrt{V})` for steps from ``t`` by ``dt`` (tensors of
+        one shape): the mean is :math:`\alpha x + \beta b(x, t)`, the std :math:`\sigma`."""
+        part = self.linear_part(sde)
+        linear = part.coefficients
+        m0, s0 = linear.marginal_coefs(t)
+        m1, s1 = linear.marginal_coefs(t + dt)
+        ratio = m1 / m0  # Phi = exp(int_t^{t+h} a)
+        var = (part.noise_scale**2) * (s1.pow(2) - ratio.pow(2) * s0.pow(2)).abs()
+        psi = dt * _phi1(ratio.log())
+        # mean = Phi x + Psi (b - a x): the remainder n = b - a x is zero for a linear process
+        return ratio - psi * linear.drift_coef(t), psi, var.sqrt()
+
+    def affine_steps(self, sde: SDE, t: Tensor, dt: Tensor) -> AffineSteps:
+        return AffineSteps(*self.coefficients(sde, t, dt))
 
     def transition(
         self, sde: SDE, x: Tensor, t: Tensor, dt: Tensor, drift: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:
-        linear, lam = self.linear_part(sde)
         t = as_time(t, x)
-        m0, s0 = linear.marginal_coefs(t)
-        m1, s1 = linear.marginal_coefs(t + dt)
-        ratio = m1 / m0  # Phi = exp(int_t^{t+h} a)
-        var = (lam**2) * (s1.pow(2) - ratio.pow(2) * s0.pow(2)).abs()
+        alpha, beta, sigma = self.coefficients(sde, t, dt)
         b = sde.drift(x, t) if drift is None else drift
-        ratio_x = expand_to(ratio, x)
-        # remainder n = b - a(t) x: zero for a LinearSDE, the score term for its reverse
-        remainder = b - expand_to(linear.drift_coef(t), x) * x
-        psi = expand_to(dt * _phi1(ratio.log()), x)
-        return ratio_x * x + psi * remainder, expand_to(var.sqrt(), x)
+        return expand_to(alpha, x) * x + expand_to(beta, x) * b, expand_to(sigma, x)
 
     def step(self, sde: SDE, x: Tensor, t: Tensor, dt: Tensor, noise: Tensor) -> Tensor:
         mean, std = self.transition(sde, x, t, dt)

@@ -61,8 +61,7 @@ class StochasticHeun(Discretizer):
     sde_type = "stratonovich"
 
     def step(self, sde: SDE, x: Tensor, t: Tensor, dt: Tensor, noise: Tensor) -> Tensor:
-        if not (getattr(sde, "additive_noise", True)
-                or getattr(sde, "sde_type", "ito") == "stratonovich"):
+        if not (sde.additive_noise or sde.sde_type == "stratonovich"):
             raise TypeError(
                 f"StochasticHeun solves Stratonovich SDEs; {type(sde).__name__} is an Itô process "
                 "with state-dependent noise. Give it the Stratonovich drift b - (1/2) sigma "

@@ -70,8 +70,8 @@ class TorchsdeAdapter(nn.Module):
             raise TypeError(f"sde must be an sdeflow SDE, got {type(sde).__name__}")
         if sde_type not in ("ito", "stratonovich"):
             raise ValueError(f"sde_type must be 'ito' or 'stratonovich', got {sde_type!r}")
-        if (sde_type == "stratonovich" and not getattr(sde, "additive_noise", True)
-                and getattr(sde, "sde_type", "ito") != "stratonovich"):
+        if (sde_type == "stratonovich" and not sde.additive_noise
+                and sde.sde_type != "stratonovich"):
             raise ValueError("sde_type='stratonovich' needs additive noise (an Itô process with "
                              "state-dependent noise has a different Stratonovich drift)")
         if reverse and t_end is None:

@@ -27,8 +27,10 @@ from torch.distributions import Distribution
 
 from sdeflow._checks import check_modules, check_same_device_dtype, sum_state
 from sdeflow.discretizers import Discretizer, EulerMaruyama
+from sdeflow.discretizers.stepper import Stepper
 from sdeflow.gradients import Backprop, GradientStrategy
 from sdeflow.grids import TimeGrid
+from sdeflow.objectives.terms import ObjectiveTerms
 from sdeflow.priors import check_data
 from sdeflow.processes.reverse import ReverseSDE
 from sdeflow.trajectories import check_positive_diffusion
@@ -37,7 +39,7 @@ __all__ = ["DiffFlowObjective", "DiffFlowTerms"]
 
 
 @dataclass
-class DiffFlowTerms:
+class DiffFlowTerms(ObjectiveTerms):
     r"""The negative ELBO and where it lives.
 
     Attributes:
@@ -55,38 +57,46 @@ class DiffFlowTerms:
     x_final: Tensor
 
     @property
+    def per_sample(self) -> Tensor:
+        """:attr:`nelbo`."""
+        return self.nelbo
+
+    @property
     def bits_per_dim(self) -> Tensor:
         """``nelbo`` in bits per state element (no dequantization terms), ``(B,)``."""
         return self.nelbo / (self.x_final[0].numel() * math.log(2))
 
 
-class _DiffFlowSweep:
-    r"""The training recurrence, any Gaussian scheme: carry ``(x_i, f(x_i, t_i))``, term
-    :math:`\ell_i`."""
+class _TransitionSweep:
+    r"""The training recurrence through the scheme's transitions (any Gaussian scheme): carry
+    ``(x_i, f(x_i, t_i))``, term :math:`\ell_i = \sum\log(\sigma^B_i/\sigma^F_i)
+    + \tfrac12(|\delta^B_i|^2 - |\delta^F_i|^2)` with
+    :math:`\delta^B_i = (x_i - \mathrm{mean}^B_i)/\sigma^B_i`."""
 
-    def __init__(self, reverse: ReverseSDE, discretizer: Discretizer, grid: TimeGrid,
+    def __init__(self, reverse: ReverseSDE, forward: Stepper, backward: Stepper,
                  noise: Tensor) -> None:
-        self.reverse, self.forward_sde, self.discretizer = reverse, reverse.forward_sde, discretizer
-        self.ts, self.dts = grid.ts.unbind(0), grid.dts.unbind(0)
-        self.noise, self.n_steps = noise, grid.n_steps
+        self.forward_sde, self.reverse = reverse.forward_sde, reverse
+        self.fwd, self.bwd = forward, backward
+        self.noise, self.n_steps = noise, forward.n_steps
 
     def init(self, x0: Tensor) -> tuple[Tensor, Tensor]:
-        return x0, self.forward_sde.drift(x0, self.ts[0])
+        return x0, self.fwd.drift(0, x0)
 
     def step(self, i: int, carry: tuple[Tensor, ...]) -> tuple[tuple[Tensor, Tensor], Tensor]:
         x, f = carry
-        t, t_next, dt, delta_f = self.ts[i], self.ts[i + 1], self.dts[i], self.noise[i]
-        mean_f, std_f = self.discretizer.transition(self.forward_sde, x, t, dt, drift=f)
+        delta_f = self.noise[i]
+        mean_f, std_f = self.fwd.transition(i, x, drift=f)
         x_next = mean_f + std_f * delta_f
+        t_next = self.bwd.times[i]
         f_next = self.forward_sde.drift(x_next, t_next)
         b = self.reverse.drift(x_next, t_next, forward_drift=f_next)
-        mean_b, std_b = self.discretizer.transition(self.reverse, x_next, t_next, -dt, drift=b)
+        mean_b, std_b = self.bwd.transition(i, x_next, drift=b)
         delta_b = (x - mean_b) / std_b
         sq = (delta_b.pow(2) - delta_f.pow(2)).reshape(x.shape[0], -1).sum(-1)
         term = sum_state(std_b.log() - std_f.log(), x) + 0.5 * sq
         return (x_next, f_next), term
 
-    def shard(self, index: slice) -> _DiffFlowSweep:
+    def shard(self, index: slice) -> _TransitionSweep:
         """The same recurrence for samples ``index`` of the batch."""
         part = copy.copy(self)
         part.noise = self.noise[:, index]
@@ -96,53 +106,65 @@ class _DiffFlowSweep:
         return step_terms
 
 
-class _EulerAdditiveSweep:
-    r"""The same recurrence for Euler–Maruyama and a diffusion :math:`g(t)` (the DiffFlow case),
-    with every per-grid scalar computed once per call instead of once per step.
+class _AffineSweep:
+    r"""The same recurrence when the scheme declares affine steps on both processes
+    (:class:`~sdeflow.discretizers.stepper.AffineSteps`; every built-in Gaussian scheme on
+    additive noise), fused, with every per-grid scalar computed once per call.
 
-    The step term keeps only what depends on the parameters, :math:`\tfrac12|\delta^B_i|^2`,
-    with (from the two step equations, DESIGN I2)
+    With :math:`x_{i+1} = \alpha^F_i x_i + \beta^F_i f_i + \sigma^F_i\delta^F_i` and the
+    backward mean :math:`\alpha^B_i x_{i+1} + \beta^B_i (f_{i+1} - \kappa_{i+1} s_{i+1})`
+    (:math:`\kappa` from :meth:`ReverseSDE.score_coefficient
+    <sdeflow.processes.ReverseSDE.score_coefficient>`), the two step equations give
 
-    .. math:: \delta^B_i = \frac{dt_i}{\sigma^B_i}(f_{i+1} - f_i) - \frac{\sigma^F_i}{\sigma^B_i}
-        \delta^F_i - \frac{c\, g_{i+1}^2 dt_i}{\sigma^B_i} s(x_{i+1}, t_{i+1}), \qquad
-        c = \tfrac{1 + \lambda^2}{2},
+    .. math:: \sigma^B_i\,\delta^B_i = (1 - \alpha^B_i\alpha^F_i)\,x_i - \alpha^B_i\beta^F_i f_i
+        - \beta^B_i f_{i+1} - \alpha^B_i\sigma^F_i\,\delta^F_i + \beta^B_i\kappa_{i+1} s_{i+1},
 
-    (:math:`\sigma^F_i = g_i\sqrt{dt_i}`, :math:`\sigma^B_i = \lambda g_{i+1}\sqrt{dt_i}`), which
-    avoids the cancellation in :math:`x_i - x_{i+1}`; :meth:`finish` adds
+    which for Euler–Maruyama (:math:`\alpha = 1`, :math:`\beta^B = -\beta^F = -dt_i`) is DESIGN
+    I2 and avoids the cancellation in :math:`x_i - x_{i+1}`. The step term keeps what depends on
+    the parameters, :math:`\tfrac12|\delta^B_i|^2`; :meth:`finish` adds
     :math:`d\log(\sigma^B_i/\sigma^F_i) - \tfrac12|\delta^F_i|^2` for all steps at once.
     """
 
-    def __init__(self, reverse: ReverseSDE, grid: TimeGrid, noise: Tensor, g: Tensor) -> None:
+    def __init__(self, reverse: ReverseSDE, forward: Stepper, backward: Stepper,
+                 noise: Tensor, grid: TimeGrid) -> None:
         self.forward_sde, self.score = reverse.forward_sde, reverse.score_value
-        self.ts, self.n_steps, self.noise = grid.ts.unbind(0), grid.n_steps, noise
-        dts = grid.dts
-        std_f = g[:-1] * dts.sqrt()
-        std_b = reverse.lam * g[1:] * dts.sqrt()
-        c = 0.5 * (1.0 + reverse.lam**2)
-        # Python floats: one device sync per call, then scalar-alpha kernels with no tensor args.
-        self.dt = dts.tolist()
-        self.sf = std_f.tolist()
-        self.a = (dts / std_b).tolist()
-        self.r = (std_f / std_b).tolist()
-        self.q = (c * g[1:] ** 2 * dts / std_b).tolist()
+        self.fwd, self.bwd = forward, backward
+        self.noise, self.n_steps = noise, forward.n_steps
+        alpha_f, beta_f, sigma_f = forward.affine
+        alpha_b, beta_b, sigma_b = backward.affine
+        kappa = reverse.score_coefficient(grid.ts[1:]).tolist()
+        self.alpha_f, self.beta_f, self.sigma_f = alpha_f, beta_f, sigma_f
+        self.k_x = [(1.0 - ab * af) / sb for af, ab, sb in zip(alpha_f, alpha_b, sigma_b)]
+        self.k_f = [-ab * bf / sb for ab, bf, sb in zip(alpha_b, beta_f, sigma_b)]
+        self.k_fn = [-bb / sb for bb, sb in zip(beta_b, sigma_b)]
+        self.k_noise = [-ab * sf / sb for ab, sf, sb in zip(alpha_b, sigma_f, sigma_b)]
+        self.k_s = [bb * k / sb for bb, k, sb in zip(beta_b, kappa, sigma_b)]
+        std_ratio = torch.tensor(sigma_b, dtype=grid.dtype) / torch.tensor(sigma_f,
+                                                                           dtype=grid.dtype)
         d = noise[0, 0].numel()
-        self.const = d * (std_b.log() - std_f.log())  # (N,)
+        self.const = (d * std_ratio.log()).to(noise.device)  # (N,)
 
     def init(self, x0: Tensor) -> tuple[Tensor, Tensor]:
-        return x0, self.forward_sde.drift(x0, self.ts[0])
+        return x0, self.fwd.drift(0, x0)
 
     def step(self, i: int, carry: tuple[Tensor, ...]) -> tuple[tuple[Tensor, Tensor], Tensor]:
         x, f = carry
         delta_f = self.noise[i]
-        x_next = torch.add(x, f, alpha=self.dt[i]).add_(delta_f, alpha=self.sf[i])
-        t_next = self.ts[i + 1]
+        x_next = self.fwd.step(i, x, delta_f, drift=f)
+        t_next = self.bwd.times[i]
         f_next = self.forward_sde.drift(x_next, t_next)
         s = self.score(x_next, t_next)
-        delta_b = (f_next - f).mul_(self.a[i]).add_(delta_f, alpha=-self.r[i])
-        delta_b = delta_b.add_(s, alpha=-self.q[i])
+        k_f, k_fn = self.k_f[i], self.k_fn[i]
+        if k_f == -k_fn:  # Euler: (f_{i+1} - f_i) k, no cancellation between two products
+            delta_b = torch.sub(f_next, f).mul_(k_fn)
+        else:
+            delta_b = torch.mul(f_next, k_fn).add_(f, alpha=k_f)
+        if self.k_x[i] != 0.0:
+            delta_b = delta_b.add_(x, alpha=self.k_x[i])
+        delta_b = delta_b.add_(delta_f, alpha=self.k_noise[i]).add_(s, alpha=self.k_s[i])
         return (x_next, f_next), 0.5 * delta_b.square().reshape(x.shape[0], -1).sum(-1)
 
-    def shard(self, index: slice) -> _EulerAdditiveSweep:
+    def shard(self, index: slice) -> _AffineSweep:
         """The same recurrence for samples ``index`` of the batch."""
         part = copy.copy(self)
         part.noise = self.noise[:, index]
@@ -209,12 +231,12 @@ class DiffFlowObjective(nn.Module):
         self.discretizer = discretizer
         self.gradient = gradient or Backprop()
 
-    def _sweep(self, grid: TimeGrid, noise: Tensor) -> _DiffFlowSweep | _EulerAdditiveSweep:
-        if type(self.discretizer) is EulerMaruyama:
-            g = self.reverse.forward_sde.diffusion_scale(grid.ts)
-            if g is not None:
-                return _EulerAdditiveSweep(self.reverse, grid, noise, g)
-        return _DiffFlowSweep(self.reverse, self.discretizer, grid, noise)
+    def _sweep(self, grid: TimeGrid, noise: Tensor) -> _TransitionSweep | _AffineSweep:
+        forward = self.discretizer.stepper(self.reverse.forward_sde, grid)
+        backward = self.discretizer.stepper(self.reverse, grid, reverse=True)
+        if forward.affine is not None and backward.affine is not None:
+            return _AffineSweep(self.reverse, forward, backward, noise, grid)
+        return _TransitionSweep(self.reverse, forward, backward, noise)
 
     def forward(
         self, x0: Tensor, grid: TimeGrid | None = None, *, noise: Tensor | None = None,

@@ -17,26 +17,32 @@ from torch.distributions import Distribution
 
 from sdeflow._checks import check_modules, check_same_device_dtype
 from sdeflow.grids import TimeGrid
+from sdeflow.objectives.terms import ObjectiveTerms
 from sdeflow.priors import check_data
-from sdeflow.processes.neural import ForwardSDE
+from sdeflow.processes.base import SDE, require_additive_noise
 
 __all__ = ["FlowNLL", "FlowTerms"]
 
 
 @dataclass
-class FlowTerms:
+class FlowTerms(ObjectiveTerms):
     """Exact NLL per sample ``nll`` (``(B,)``), its mean ``loss``, the prior term
     :math:`-\\log p_{prior}(x_N)` and each step's :math:`\\log|\\det dF_i/dx|` (``(B, N)``)."""
 
-    loss: Tensor
     nll: Tensor
     prior_term: Tensor
     log_dets: Tensor
     x_final: Tensor
 
+    @property
+    def per_sample(self) -> Tensor:
+        """:attr:`nll`."""
+        return self.nll
+
 
 class FlowNLL(nn.Module):
-    r"""Exact negative log-likelihood of the Euler flow of a zero-diffusion :class:`ForwardSDE`.
+    r"""Exact negative log-likelihood of the Euler flow of a process with zero diffusion (e.g.
+    ``ForwardSDE(drift, 0.0)``: any process declaring additive noise with :math:`g \equiv 0`).
 
     The Jacobian of the drift is computed exactly (``torch.func.jacrev``), so the cost grows as
     :math:`d^2` per sample: meant for small states (``max_dim``). For images use the
@@ -51,14 +57,17 @@ class FlowNLL(nn.Module):
         torch.Size([3, 4])
     """
 
-    def __init__(self, flow: ForwardSDE, prior: Distribution | nn.Module,
+    def __init__(self, flow: SDE, prior: Distribution | nn.Module,
                  grid: TimeGrid | None = None, *, max_dim: int = 256) -> None:
         super().__init__()
-        if not isinstance(flow, ForwardSDE):
-            raise TypeError(f"flow must be a ForwardSDE, got {type(flow).__name__}")
-        if not flow.is_flow():
-            raise ValueError("flow must have a zero diffusion (diffusion=0.0) to be a normalizing "
-                             "flow; use DiffFlowObjective for g > 0")
+        if not isinstance(flow, SDE):
+            raise TypeError(f"flow must be an sdeflow SDE with zero diffusion, got "
+                            f"{type(flow).__name__}")
+        require_additive_noise(flow, "FlowNLL", "a flow's steps must be deterministic")
+        if grid is not None and not isinstance(grid, TimeGrid):
+            raise TypeError(f"grid must be a TimeGrid, got {type(grid).__name__}")
+        if grid is not None:
+            _check_zero_diffusion(flow, grid)
         self.flow, self.prior, self.grid, self.max_dim = flow, prior, grid, max_dim
 
     def forward(self, x0: Tensor, grid: TimeGrid | None = None) -> FlowTerms:
@@ -74,6 +83,7 @@ class FlowNLL(nn.Module):
                              "Jacobian is too costly, use sdeflow.likelihood.ode_log_likelihood")
         check_same_device_dtype("grid.ts", grid.ts, "x0", x0)
         check_modules(x0, [self.flow, self.prior])
+        _check_zero_diffusion(self.flow, grid)
         eye = torch.eye(d, dtype=x0.dtype, device=x0.device)
         x, log_dets = x0, []
         for t, dt in zip(grid.ts[:-1].unbind(0), grid.dts.unbind(0)):
@@ -88,3 +98,11 @@ class FlowNLL(nn.Module):
         prior_term = -prior.log_prob(x)
         nll = prior_term - log_dets_t.sum(-1)
         return FlowTerms(nll.mean(), nll, prior_term, log_dets_t, x)
+
+
+def _check_zero_diffusion(flow: SDE, grid: TimeGrid) -> None:
+    g = flow.diffusion_scale(grid.ts)
+    if bool((g != 0).any()):
+        raise ValueError(f"flow must have a zero diffusion (e.g. ForwardSDE(drift, 0.0)) to be a "
+                         f"normalizing flow, {type(flow).__name__} has g(t) != 0 on the grid; "
+                         f"use DiffFlowObjective for g > 0")

@@ -3,13 +3,14 @@
 A new process family is one new file here that subclasses :class:`SDE`.
 """
 
-from sdeflow.processes.base import SDE
+from sdeflow.processes.base import SDE, LinearPart
 from sdeflow.processes.linear import VESDE, VPSDE, LinearSDE, SubVPSDE
 from sdeflow.processes.neural import ForwardSDE
 from sdeflow.processes.reverse import ReverseSDE, probability_flow
 
 __all__ = [
     "SDE",
+    "LinearPart",
     "ForwardSDE",
     "LinearSDE",
     "VPSDE",

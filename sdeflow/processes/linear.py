@@ -19,7 +19,8 @@ from torch import Tensor
 from torch.distributions import Distribution, Independent, Normal
 
 from sdeflow._checks import as_time, expand_to
-from sdeflow.processes.base import SDE
+from sdeflow.processes.base import SDE, LinearPart
+from sdeflow.schedules import schedule_values
 
 __all__ = ["LinearSDE", "VPSDE", "SubVPSDE", "VESDE"]
 
@@ -32,6 +33,8 @@ class LinearSDE(SDE):
     """
 
     T: float = 1.0
+    additive_noise = True
+    closed_form_marginals = True
 
     @abstractmethod
     def drift_coef(self, t: Tensor) -> Tensor:
@@ -56,7 +59,11 @@ class LinearSDE(SDE):
         return expand_to(self.g(as_time(t, x)), x)
 
     def diffusion_scale(self, t: Tensor) -> Tensor:
-        return self.g(t)
+        return schedule_values(self.g, t)
+
+    def linear_part(self) -> LinearPart:
+        r"""Itself: the drift is :math:`a(t)\,x` with no remainder, noise scale 1."""
+        return LinearPart(self, 1.0)
 
     def marginal(self, x0: Tensor, t: Tensor | float) -> tuple[Tensor, Tensor]:
         r"""Mean and std of :math:`x_t \mid x_0`: ``(m(t) x0, sigma(t))``, std broadcastable."""

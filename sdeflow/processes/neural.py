@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from sdeflow._checks import as_time, expand_to
 from sdeflow.processes.base import SDE
-from sdeflow.schedules import Schedule, as_schedule
+from sdeflow.schedules import Schedule, as_schedule, schedule_values
 
 __all__ = ["ForwardSDE"]
 
@@ -38,6 +38,8 @@ class ForwardSDE(SDE):
         (torch.Size([3, 2]), tensor(0.2000))
     """
 
+    additive_noise = True
+
     def __init__(
         self, drift: Callable[[Tensor, Tensor], Tensor], diffusion: float | Schedule | Callable
     ) -> None:
@@ -57,10 +59,10 @@ class ForwardSDE(SDE):
         return f
 
     def diffusion(self, x: Tensor, t: Tensor) -> Tensor:
-        return expand_to(self.schedule(as_time(t, x)), x)
+        return expand_to(schedule_values(self.schedule, as_time(t, x)), x)
 
     def diffusion_scale(self, t: Tensor) -> Tensor:
-        return self.schedule(t)
+        return schedule_values(self.schedule, t)
 
     def is_flow(self) -> bool:
         """Whether :math:`g \\equiv 0`, i.e. this process is a normalizing flow."""

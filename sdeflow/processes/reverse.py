@@ -12,10 +12,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
 from torch import Tensor
 
-from sdeflow._checks import as_time
-from sdeflow.processes.base import SDE
+from sdeflow._checks import as_time, expand_to
+from sdeflow.processes.base import SDE, LinearPart, require_additive_noise
 
 __all__ = ["ReverseSDE", "probability_flow"]
 
@@ -29,7 +30,8 @@ class ReverseSDE(SDE):
 
     Arguments:
         forward: The forward :class:`~sdeflow.processes.SDE` (drift :math:`f`, diffusion
-            :math:`g`). Its diffusion must not depend on ``x``.
+            :math:`g`). It must declare ``additive_noise = True``: with a diffusion that depends
+            on ``x`` the reverse drift gains a divergence term this family does not have.
         score: ``s(x, t)``, a callable or module returning a tensor shaped like ``x``.
         lam: :math:`\lambda \ge 0`.
 
@@ -42,6 +44,8 @@ class ReverseSDE(SDE):
         tensor([[-0.5000, -0.5000]])
     """
 
+    additive_noise = True
+
     def __init__(
         self, forward: SDE, score: Callable[[Tensor, Tensor], Tensor], lam: float = 1.0
     ) -> None:
@@ -50,8 +54,10 @@ class ReverseSDE(SDE):
             raise TypeError(f"forward must be an sdeflow SDE, got {type(forward).__name__}")
         if not callable(score):
             raise TypeError(f"score must be callable s(x, t), got {type(score).__name__}")
-        if not getattr(forward, "additive_noise", True):
-            raise ValueError("forward must have a diffusion g(t) that does not depend on x")
+        require_additive_noise(
+            forward, "ReverseSDE",
+            "with state-dependent noise the reverse drift has a divergence term, "
+            "div(sigma sigma^T), that this family does not include")
         lam = float(lam)
         if not 0 <= lam < float("inf"):
             raise ValueError(f"lam must be a finite number >= 0, got {lam}")
@@ -67,23 +73,48 @@ class ReverseSDE(SDE):
                              f"got {got}")
         return s
 
+    def score_coefficient(self, t: Tensor) -> Tensor:
+        r""":math:`\kappa(t) = \tfrac{1+\lambda^2}{2}\, g(t)^2`, the weight of the score in the
+        reverse drift :math:`f - \kappa\, s`, shaped like ``t`` (the one place this equation is
+        written: :meth:`drift`, the DiffFlow objective and the samplers all read it here)."""
+        return (0.5 * (1.0 + self.lam**2)) * self.forward_sde.diffusion_scale(t).square()
+
     def drift(self, x: Tensor, t: Tensor, forward_drift: Tensor | None = None) -> Tensor:
-        r""":math:`f(x, t) - \tfrac{1+\lambda^2}{2} g(t)^2 s(x, t)`.
+        r""":math:`f(x, t) - \kappa(t)\, s(x, t)` with :math:`\kappa` from
+        :meth:`score_coefficient`.
 
         ``forward_drift``, when given, is :math:`f(x, t)` already computed (DiffFlow's training
         sweep computes it while stepping forward and reuses it here).
         """
         t = as_time(t, x)
         f = self.forward_sde.drift(x, t) if forward_drift is None else forward_drift
-        g = self.forward_sde.diffusion(x, t)
-        return f - (0.5 * (1.0 + self.lam**2)) * g**2 * self.score_value(x, t)
+        return f - expand_to(self.score_coefficient(t), x) * self.score_value(x, t)
+
+    def drift_on_grid(self, ts: Tensor) -> Callable[[int, Tensor], Tensor]:
+        r""":meth:`drift` on a grid with :math:`\kappa(t_i)` computed once: one fused
+        ``f - kappa_i s`` per call."""
+        kappa_t = self.score_coefficient(ts)
+        if kappa_t.requires_grad:  # a trained schedule: keep the graph
+            return super().drift_on_grid(ts)
+        times, kappa = ts.unbind(0), kappa_t.tolist()
+        forward_drift = self.forward_sde.drift_on_grid(ts)
+
+        def drift(i: int, x: Tensor) -> Tensor:
+            return torch.add(forward_drift(i, x), self.score_value(x, times[i]), alpha=-kappa[i])
+
+        return drift
 
     def diffusion(self, x: Tensor, t: Tensor) -> Tensor:
         return self.lam * self.forward_sde.diffusion(x, as_time(t, x))
 
-    def diffusion_scale(self, t: Tensor) -> Tensor | None:
-        g = self.forward_sde.diffusion_scale(t)
-        return None if g is None else self.lam * g
+    def diffusion_scale(self, t: Tensor) -> Tensor:
+        return self.lam * self.forward_sde.diffusion_scale(t)
+
+    def linear_part(self) -> LinearPart | None:
+        r"""The forward process's linear part, its noise scaled by :math:`\lambda`."""
+        part = self.forward_sde.linear_part()
+        return None if part is None else LinearPart(part.coefficients,
+                                                    part.noise_scale * self.lam)
 
     def with_lam(self, lam: float) -> ReverseSDE:
         """The same forward process and score with another :math:`\\lambda` (shares modules)."""

@@ -167,8 +167,8 @@ def check_trajectory_identities(
         return [CheckResult(n, "skip", "gaussian = False: no trajectory density") for n in names]
     state = tuple(x0.shape[1:])
     prior = StandardNormal(state, dtype=x0.dtype)
-    p_f = ForwardTrajectory(x0, forward, grid, scheme)
-    p_b = BackwardTrajectory(prior(), reverse, grid, scheme)
+    p_f = ForwardTrajectory(forward, x0, grid, scheme)
+    p_b = BackwardTrajectory(reverse, prior, grid, scheme)
     n, b = grid.n_steps, x0.shape[0]
     generator = generator or torch.Generator().manual_seed(0)  # reproducible by default
     delta_f = torch.randn((b, n) + state, generator=generator, dtype=x0.dtype).to(x0.device)

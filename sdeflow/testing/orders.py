@@ -98,7 +98,7 @@ def measure_orders(scheme: Discretizer, problem: Problem, *, n_paths: int = 2000
     if n_paths < 2 or n_weak_paths < 4:
         raise ValueError(f"need n_paths >= 2 and n_weak_paths >= 4, got {n_paths}, {n_weak_paths}")
     gen = torch.Generator().manual_seed(seed)
-    sde_type = getattr(scheme, "sde_type", "ito")
+    sde_type = scheme.sde_type
     k_fine = 2 ** max(levels) * _REF_FACTOR
     dw = torch.randn(n_paths, k_fine, generator=gen, dtype=torch.float64)
     dw *= math.sqrt(problem.duration / k_fine)
@@ -131,7 +131,7 @@ def measure_orders(scheme: Discretizer, problem: Problem, *, n_paths: int = 2000
 def _declared(scheme: Discretizer, problem: Problem) -> tuple[float, float]:
     if problem.additive:
         return (scheme.strong_order_additive,
-                getattr(scheme, "weak_order_additive", scheme.weak_order))
+                scheme.weak_order_additive or scheme.weak_order)
     return scheme.strong_order, scheme.weak_order
 
 

@@ -216,10 +216,8 @@ class DiffFlowModel(_GridMixin, GenerativeModel):
                       discretizer=self.objective.discretizer)
 
     def log_likelihood(self, x: Tensor, **ode_kwargs: Any) -> Tensor:
-        grid = self.grid
         ode = probability_flow(self.forward_sde, self.score_net)
-        return ode_log_likelihood(ode, x, self.prior, t0=grid.t0, t1=grid.t1,
-                                  **ode_kwargs).log_prob
+        return ode_log_likelihood(ode, self.prior, self.grid, x, **ode_kwargs).log_prob
 
     @torch.no_grad()
     def nelbo(self, x: Tensor) -> Tensor:
@@ -281,7 +279,7 @@ class ScoreModel(GenerativeModel):
         return TimeGrid.uniform(n, self.eps, self.sde.T, dtype=ref.dtype, device=ref.device)
 
     def loss(self, batch: Tensor, step: int) -> tuple[Tensor, dict[str, float]]:
-        loss = self.dsm(batch).mean()
+        loss = self.dsm(batch).loss
         return loss, {"dsm": float(loss.detach())}
 
     @torch.no_grad()
@@ -291,8 +289,7 @@ class ScoreModel(GenerativeModel):
 
     def log_likelihood(self, x: Tensor, **ode_kwargs: Any) -> Tensor:
         ode = probability_flow(self.sde, self.score_net)
-        return ode_log_likelihood(ode, x, self.prior, t0=self.eps, t1=self.sde.T,
-                                  **ode_kwargs).log_prob
+        return ode_log_likelihood(ode, self.prior, self._grid(1), x, **ode_kwargs).log_prob
 
     @torch.no_grad()
     def nelbo(self, x: Tensor) -> Tensor:
@@ -362,9 +359,7 @@ class FlowModel(_GridMixin, GenerativeModel):
         return xs[-1]
 
     def log_likelihood(self, x: Tensor, **ode_kwargs: Any) -> Tensor:
-        grid = self.grid
-        return ode_log_likelihood(self.flow, x, self.prior, t0=grid.t0, t1=grid.t1,
-                                  **ode_kwargs).log_prob
+        return ode_log_likelihood(self.flow, self.prior, self.grid, x, **ode_kwargs).log_prob
 
     @torch.no_grad()
     def nelbo(self, x: Tensor) -> Tensor:
