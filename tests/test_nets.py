@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import math
 import pickle
-import time
 
 import pytest
 import torch
@@ -182,13 +181,10 @@ def test_unet_paper_sizes():
     assert n_drift == 35_746_307 and n_score == 8_952_067
 
 
-def test_unet_tiny_forward_backward_is_fast():
+def test_unet_tiny_forward_backward_reaches_every_parameter():
     net = UNet(3, ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(16,), image_size=32)
-    x = torch.randn(4, 3, 32, 32)
-    net(x, 0.5)  # warm-up
-    start = time.perf_counter()
-    net(x, torch.rand(4)).square().mean().backward()
-    assert time.perf_counter() - start < 1.0
+    net(torch.randn(4, 3, 32, 32), torch.rand(4)).square().mean().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters())
 
 
 def test_unet_dropout_only_in_training():

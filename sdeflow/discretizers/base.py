@@ -82,6 +82,21 @@ class Discretizer(ABC):
         """
         raise TypeError(f"{type(self).__name__} has no Gaussian transition")
 
+    def declines(self, sde: SDE) -> str | None:
+        """Why this scheme does not step ``sde`` (read from the process's declarations), or
+        ``None`` when it does. :meth:`step` raises a :class:`TypeError` with this reason; the
+        test kit and the contract tests skip a declined process instead of catching errors.
+
+        Example:
+            >>> from sdeflow import ExponentialIntegrator, ForwardSDE, VPSDE
+            >>> ExponentialIntegrator().declines(VPSDE()) is None
+            True
+            >>> print(ExponentialIntegrator().declines(ForwardSDE(lambda x, t: -x, 1.0)))
+            ... # doctest: +ELLIPSIS
+            ExponentialIntegrator needs a process with a declared linear drift part ...
+        """
+        return None
+
     def affine_steps(self, sde: SDE, t: Tensor, dt: Tensor) -> AffineSteps | None:
         r"""Coefficients :math:`(\alpha_i, \beta_i, \sigma_i)` of steps from times ``t`` by
         ``dt`` (1-D tensors, one entry per step) when every step is

@@ -85,17 +85,19 @@ class ExponentialIntegrator(Discretizer):
     weak_order = 1.0
     gaussian = True
 
-    @staticmethod
-    def linear_part(sde: SDE) -> LinearPart:
+    def declines(self, sde: SDE) -> str | None:
+        if sde.linear_part() is None:
+            return (f"ExponentialIntegrator needs a process with a declared linear drift part "
+                    f"(linear_part(): VP, sub-VP, VE, their reverse family, ...); "
+                    f"{type(sde).__name__} declares none; use EulerMaruyama or StochasticHeun")
+        return None
+
+    def linear_part(self, sde: SDE) -> LinearPart:
         """``sde``'s declared linear part, or a :class:`TypeError` saying the scheme declines it."""
-        part = sde.linear_part()
-        if part is None:
-            raise TypeError(
-                f"ExponentialIntegrator needs a process with a declared linear drift part "
-                f"(linear_part(): VP, sub-VP, VE, their reverse family, ...); "
-                f"{type(sde).__name__} declares none; use EulerMaruyama or StochasticHeun"
-            )
-        return part
+        reason = self.declines(sde)
+        if reason is not None:
+            raise TypeError(reason)
+        return sde.linear_part()
 
     def coefficients(self, sde: SDE, t: Tensor, dt: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         r""":math:`(\Phi - \Psi a(t),\ \Psi,\ \sqrt{V})` for steps from ``t`` by ``dt`` (tensors of

@@ -60,13 +60,17 @@ class StochasticHeun(Discretizer):
     #: The calculus whose solution the scheme converges to.
     sde_type = "stratonovich"
 
-    def step(self, sde: SDE, x: Tensor, t: Tensor, dt: Tensor, noise: Tensor) -> Tensor:
-        if not (sde.additive_noise or sde.sde_type == "stratonovich"):
-            raise TypeError(
-                f"StochasticHeun solves Stratonovich SDEs; {type(sde).__name__} is an Itô process "
+    def declines(self, sde: SDE) -> str | None:
+        if sde.additive_noise or sde.sde_type == "stratonovich":
+            return None
+        return (f"StochasticHeun solves Stratonovich SDEs; {type(sde).__name__} is an Itô process "
                 "with state-dependent noise. Give it the Stratonovich drift b - (1/2) sigma "
-                "d(sigma)/dx and sde_type = 'stratonovich', or use EulerMaruyama"
-            )
+                "d(sigma)/dx and sde_type = 'stratonovich', or use EulerMaruyama")
+
+    def step(self, sde: SDE, x: Tensor, t: Tensor, dt: Tensor, noise: Tensor) -> Tensor:
+        reason = self.declines(sde)
+        if reason is not None:
+            raise TypeError(reason)
         dw = noise * dt.abs().sqrt()
         b0, s0 = sde.drift(x, t), sde.diffusion(x, t)
         x_pred = x + b0 * dt + s0 * dw

@@ -14,7 +14,8 @@ r"""Checks on a step scheme (:class:`~sdeflow.discretizers.Discretizer`), for us
   ``strong_order`` / ``strong_order_additive`` / ``weak_order`` (``weak_order_additive`` where the
   scheme declares one), within ``tol`` = 0.4 (diffrax's rule).
 
-A scheme that raises :class:`TypeError` on a process (it does not apply there) is skipped on it.
+A process that the scheme declines (:meth:`~sdeflow.discretizers.Discretizer.declines`) is
+skipped; any error raised on a process it accepts is a failure.
 """
 
 from __future__ import annotations
@@ -59,12 +60,9 @@ def default_processes() -> list[tuple[str, SDE, ReverseSDE]]:
 
 
 def _applies(scheme: Discretizer, sde: SDE, x: Tensor, t: Tensor, dt: Tensor) -> str | None:
-    """``None`` if ``scheme`` steps ``sde``; else the reason it does not (its TypeError)."""
-    try:
-        scheme.step(sde, x, t, dt, torch.zeros_like(x))
-    except TypeError as err:
-        return str(err)
-    return None
+    """``None`` if ``scheme`` steps ``sde``; else the reason it declares
+    (:meth:`~sdeflow.discretizers.Discretizer.declines`)."""
+    return scheme.declines(sde)
 
 
 def _max_err(a: Tensor, b: Tensor, scale: Tensor | None = None) -> float:

@@ -143,13 +143,13 @@ def check_orders(scheme: Discretizer, problems: list[Problem] | None = None, *,
     results = []
     for problem in default_problems() if problems is None else problems:
         strong_name, weak_name = f"strong_order[{problem.name}]", f"weak_order[{problem.name}]"
-        try:
-            m = measure_orders(scheme, problem, n_paths=n_paths, n_weak_paths=n_weak_paths,
-                               levels=levels, seed=seed)
-        except TypeError as err:
-            results += [CheckResult(n, "skip", f"not applicable: {err}")
+        reason = scheme.declines(problem.sde(scheme.sde_type))
+        if reason is not None:
+            results += [CheckResult(n, "skip", f"not applicable: {reason}")
                         for n in (strong_name, weak_name)]
             continue
+        m = measure_orders(scheme, problem, n_paths=n_paths, n_weak_paths=n_weak_paths,
+                           levels=levels, seed=seed)
         strong_declared, weak_declared = _declared(scheme, problem)
         errs = ", ".join(f"{e:.2e}" for e in m.strong_errors)
         if not all(math.isfinite(e) for e in m.strong_errors):
