@@ -58,6 +58,17 @@ class WrongTime(EulerMaruyama):
         return x + sde.drift(x, t + dt) * dt + sde.diffusion(x, t) * dt.abs().sqrt() * noise
 
 
+class WrongAffine(EulerMaruyama):
+    """Declares Euler's affine coefficients but steps with a drift 1% too large: every consumer
+    would run the declared step, not this one."""
+
+    def step(self, sde, x, t, dt, noise):
+        return x + 1.01 * sde.drift(x, t) * dt + sde.diffusion(x, t) * dt.abs().sqrt() * noise
+
+    def affine_steps(self, sde, t, dt):
+        return super().affine_steps(sde, t, dt)
+
+
 class WrongStd(EulerMaruyama):
     """The declared transition std is not the step's."""
 
@@ -96,6 +107,7 @@ def test_registered_schemes_pass_the_kit(reports, name):
     (WrongTime, "transition[diffflow, forward]"),
     (WrongTime, "I2_forward[diffflow, (2,)]"),
     (WrongStd, "transition[vp, reverse]"),
+    (WrongAffine, "affine_steps[diffflow, forward]"),
 ])
 def test_kit_rejects_broken_schemes(reports, cls, failing):
     report = reports(cls)

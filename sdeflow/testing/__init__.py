@@ -12,6 +12,7 @@ trajectory identities I1/I2, observed strong and weak orders on GBM and OU probl
 """
 
 from sdeflow.testing.checks import (
+    check_affine_steps,
     check_discretizer,
     check_shapes,
     check_trajectory_identities,
@@ -29,6 +30,7 @@ __all__ = [
     "OrderMeasurement",
     "Problem",
     "Report",
+    "check_affine_steps",
     "check_discretizer",
     "check_orders",
     "check_shapes",

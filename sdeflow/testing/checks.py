@@ -7,6 +7,8 @@ r"""Checks on a step scheme (:class:`~sdeflow.discretizers.Discretizer`), for us
 - ``transition``: a Gaussian scheme's step is affine in the noise with its declared transition,
   ``step(δ) == mean + std·δ`` for random ``δ`` (so ``std`` does not depend on ``δ``), and
   ``transition(drift=b)`` agrees with ``transition()``;
+- ``affine_steps``: where the scheme declares affine steps (the fused path every consumer
+  takes), they equal its ``step``;
 - ``I1_*`` / ``I2_*``: DESIGN §2 inside :class:`~sdeflow.ForwardTrajectory`,
   :class:`~sdeflow.BackwardTrajectory` and :class:`~sdeflow.DiffFlowObjective` (Gaussian schemes);
 - ``strong_order[p]`` / ``weak_order[p]``: observed orders on the problems of
@@ -34,8 +36,8 @@ from sdeflow.testing.problems import Problem
 from sdeflow.testing.report import CheckResult, Report
 from sdeflow.trajectories import BackwardTrajectory, ForwardTrajectory
 
-__all__ = ["check_discretizer", "check_shapes", "check_transition", "check_trajectory_identities",
-           "default_processes"]
+__all__ = ["check_discretizer", "check_shapes", "check_transition", "check_affine_steps",
+           "check_trajectory_identities", "default_processes"]
 
 _SHAPES = ((3, 2), (2, 1, 3, 3))
 
@@ -144,6 +146,43 @@ def check_transition(scheme: Discretizer, sde: SDE, x: Tensor, t: Tensor, dt: Te
     return CheckResult(name, "pass", f"step(noise) == mean + std*noise to {worst:.1e}", worst, tol)
 
 
+def check_affine_steps(scheme: Discretizer, sde: SDE, x: Tensor, t: Tensor, dt: Tensor, *,
+                       n_draws: int = 4, generator: torch.Generator | None = None
+                       ) -> CheckResult:
+    r"""Where the scheme declares affine steps on ``sde``
+    (:meth:`~sdeflow.discretizers.Discretizer.affine_steps`, which every consumer uses instead of
+    :meth:`step`), the declared :math:`\alpha x + \beta\, b(x, t) + \sigma\delta` equals
+    ``step(x, t, dt, δ)`` for ``δ = 0`` and ``n_draws`` random draws, and the coefficients of a
+    two-step grid are those of each step on its own."""
+    name = "affine_steps"
+    if not sde.additive_noise:
+        return CheckResult(name, "skip", "the process has state-dependent noise")
+    ts, dts = torch.stack([t, t + dt]), torch.stack([dt, 0.5 * dt])
+    steps = scheme.affine_steps(sde, ts, dts)
+    if steps is None:
+        return CheckResult(name, "skip", "the scheme declares no affine steps (consumers use step)")
+    worst = 0.0
+    with torch.no_grad():
+        alpha, beta, sigma = (c[0] for c in (steps.alpha, steps.beta, steps.sigma))
+        b = sde.drift(x, t)
+        for k in range(n_draws + 1):
+            noise = (torch.zeros_like(x) if k == 0 else
+                     torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device))
+            declared = alpha * x + beta * b + sigma * noise
+            worst = max(worst, _max_err(scheme.step(sde, x, t, dt, noise), declared))
+        single = scheme.affine_steps(sde, ts[1:], dts[1:])
+        worst = max(worst, *(_max_err(a[1:], c) for a, c in
+                             zip((steps.alpha, steps.beta, steps.sigma),
+                                 (single.alpha, single.beta, single.sigma))))
+    tol = _tol(x.dtype)
+    if worst > tol:
+        return CheckResult(name, "fail", f"step differs from the declared affine coefficients by "
+                           f"{worst:.3e} (tol {tol:.1e}): every consumer would run another step "
+                           f"than step()", worst, tol)
+    return CheckResult(name, "pass", f"step == alpha x + beta b + sigma noise to {worst:.1e}",
+                       worst, tol)
+
+
 def check_trajectory_identities(
     scheme: Discretizer, forward: SDE, reverse: ReverseSDE, grid: TimeGrid, x0: Tensor, *,
     generator: torch.Generator | None = None, tag: str = "",
@@ -245,6 +284,11 @@ def check_discretizer(
             results.append(CheckResult(f"applies[{name}]", "skip", f"not applicable: {reason}"))
             continue
         applicable += 1
+        for sde, sign, kind in ((forward, 1.0, "forward"), (reverse, -1.0, "reverse")):
+            x = torch.randn(_SHAPES[1], generator=gen, dtype=torch.float64)
+            r = check_affine_steps(scheme, sde.double(), x, t, sign * dt, generator=gen)
+            r.name = f"affine_steps[{name}, {kind}]"
+            results.append(r)
         for shape in _SHAPES:
             for dtype in (torch.float32, torch.float64):
                 x = torch.randn(shape, generator=gen, dtype=dtype)
@@ -271,7 +315,7 @@ def check_discretizer(
                                    "no transition; the transition and I1/I2 checks do not apply"))
     if applicable == 0:
         results.append(CheckResult("applies", "fail", "the scheme applies to none of the kit's "
-                                   "processes (it raised TypeError on all of them)"))
+                                   "processes (it declines all of them)"))
     results += check_orders(scheme, problems, n_paths=n_paths, n_weak_paths=n_weak_paths,
                             levels=levels, tol=tol, seed=seed)
     return Report(type(scheme).__name__, results)
