@@ -93,6 +93,57 @@ class TimeGrid:
         ts[0], ts[-1] = t0, t1  # exact end points despite the round trip through t**p
         return cls(ts.to(dtype=dtype or torch.get_default_dtype(), device=device))
 
+    @classmethod
+    def s_curve(
+        cls,
+        n_steps: int,
+        t0: float,
+        t1: float,
+        *,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> TimeGrid:
+        r"""The official DiffFlow S-curve grid (``utils/scalars.py``, ``STimer`` with ``up=True``):
+        the step sizes follow an S-shaped curve, from very short near :math:`t = 0` up to a
+        plateau of long steps over the second half of the grid.
+
+        With :math:`h` the not-a-knot cubic spline (scipy's ``interp1d(kind="cubic")``) through
+        the knots :math:`x = (0, 0.1, 0.2, 0.4, 0.7, 0.9, 1)`,
+        :math:`y = (10^{-4}, 0.05, 0.1, 0.6, 0.93, 0.98, 1)`, the step weights are
+        :math:`w_k = h(x_k)` at :math:`x_k = 10^{-4} + (1 - 10^{-4})\, k / N` and
+
+        .. math:: t_k = \frac{t_0 + \sum_{j \le k} w_j}{t_0 + \sum_{j=0}^{N} w_j}\, t_1,
+            \qquad k = 0, \dots, N.
+
+        So :math:`dt_k = w_{k+1}\, t_1 / (t_0 + \sum_j w_j)`: the steps are samples of
+        :math:`h`, which increases from :math:`h(10^{-4}) \approx 2.3 \cdot 10^{-4}` to
+        :math:`h(1) = 1`; the last step is the longest. As in the official code, ``t0`` (its
+        ``t_start``) is an offset added to the cumulative weights, not the first time: the grid
+        starts at :math:`(t_0 + w_0)\, t_1 / (t_0 + \sum_j w_j)`, far below ``t0`` (about
+        ``3.3e-6`` for ``N = 30`` on ``[1e-3, 0.05]``), and ends at ``t1`` exactly. The weights
+        are computed in float64 and the times cast to ``dtype`` at the end.
+
+        Arguments:
+            n_steps: :math:`N \ge 1`.
+            t0: The offset :math:`t_0 \ge 0` (the official ``t_start``).
+            t1: The last time :math:`t_1 > t_0` (the official ``t_end``).
+
+        Example:
+            >>> g = TimeGrid.s_curve(30, 1e-3, 0.05, dtype=torch.float64)
+            >>> g.n_steps, f"{g.t0:.2e}", g.t1, bool((g.dts[1:] > g.dts[:-1]).all())
+            (30, '3.26e-06', 0.05, True)
+        """
+        _check_steps(n_steps, t0, t1)
+        if not t0 >= 0:
+            raise ValueError(f"t0 must be >= 0 for an S-curve grid, got {t0}")
+        knots_x = torch.tensor(_S_CURVE_X, dtype=torch.float64)
+        knots_y = torch.tensor(_S_CURVE_Y, dtype=torch.float64)
+        x = torch.linspace(_S_CURVE_X_START, 1.0, n_steps + 1, dtype=torch.float64)
+        weights = _not_a_knot_cubic(knots_x, knots_y, x)
+        cumulative = t0 + torch.cumsum(weights, 0)
+        ts = cumulative / cumulative[-1] * t1  # the last ratio is exactly 1: t_N = t1
+        return cls(ts.to(dtype=dtype or torch.get_default_dtype(), device=device))
+
     # -- derived quantities --------------------------------------------------------------------
     @property
     def dts(self) -> Tensor:
@@ -172,6 +223,47 @@ class TimeGrid:
             f"TimeGrid(n_steps={self.n_steps}, t0={self.t0:.4g}, t1={self.t1:.4g}, "
             f"dtype={self.dtype})"
         )
+
+
+# knots of the official S-curve (utils/scalars.py, STimer, up=True) and its first abscissa
+_S_CURVE_X = (0.0, 0.1, 0.2, 0.4, 0.7, 0.9, 1.0)
+_S_CURVE_Y = (1e-4, 0.05, 0.10, 0.6, 0.93, 0.98, 1.0)
+_S_CURVE_X_START = 1e-4
+
+
+def _not_a_knot_cubic(knots_x: Tensor, knots_y: Tensor, x: Tensor) -> Tensor:
+    r"""The cubic spline through ``(knots_x, knots_y)`` with not-a-knot ends, evaluated at ``x``.
+
+    On :math:`[x_i, x_{i+1}]`, with :math:`h_i = x_{i+1} - x_i` and the second derivatives
+    :math:`M_i`,
+
+    .. math:: S(x) = \frac{M_i (x_{i+1} - x)^3 + M_{i+1} (x - x_i)^3}{6 h_i}
+        + \left(\frac{y_i}{h_i} - \frac{M_i h_i}{6}\right)(x_{i+1} - x)
+        + \left(\frac{y_{i+1}}{h_i} - \frac{M_{i+1} h_i}{6}\right)(x - x_i);
+
+    the first derivative is continuous at every interior knot and the third at the second and
+    the second-to-last knot (not-a-knot: the spline of scipy's ``interp1d(kind="cubic")``, and
+    ``CubicSpline``'s default). Needs at least four knots; ``x`` must lie inside them.
+    """
+    n = knots_x.numel()
+    h = knots_x[1:] - knots_x[:-1]
+    slope = (knots_y[1:] - knots_y[:-1]) / h
+    a = torch.zeros(n, n, dtype=knots_x.dtype)
+    b = torch.zeros(n, dtype=knots_x.dtype)
+    for i in range(1, n - 1):  # continuity of S' at the interior knots
+        a[i, i - 1], a[i, i], a[i, i + 1] = h[i - 1], 2 * (h[i - 1] + h[i]), h[i]
+        b[i] = 6 * (slope[i] - slope[i - 1])
+    # not-a-knot: (M_1 - M_0) / h_0 = (M_2 - M_1) / h_1, and the same at the other end
+    a[0, 0], a[0, 1], a[0, 2] = -h[1], h[0] + h[1], -h[0]
+    a[-1, -3], a[-1, -2], a[-1, -1] = -h[-1], h[-2] + h[-1], -h[-2]
+    m = torch.linalg.solve(a, b)
+    i = torch.searchsorted(knots_x, x, right=True).sub(1).clamp(0, n - 2)
+    xl, xr, hi = knots_x[i], knots_x[i + 1], h[i]
+    return (
+        (m[i] * (xr - x) ** 3 + m[i + 1] * (x - xl) ** 3) / (6 * hi)
+        + (knots_y[i] / hi - m[i] * hi / 6) * (xr - x)
+        + (knots_y[i + 1] / hi - m[i + 1] * hi / 6) * (x - xl)
+    )
 
 
 def _check_steps(n_steps: int, t0: float, t1: float) -> None:

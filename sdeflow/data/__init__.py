@@ -5,6 +5,7 @@ quantized images.
 
 from .cifar10 import CIFAR10, CIFAR10_MD5, CIFAR10_URL, load_cifar10, write_tiny_cifar10_archive
 from .digits import Digits, dequantize
+from .mnist import MNIST_MD5, MNIST_URL, load_mnist, write_tiny_mnist_archives
 from .toy import TOY_DATASETS, ToyPreprocessor, load_toy, sample_toy
 
 __all__ = [
@@ -12,11 +13,15 @@ __all__ = [
     "CIFAR10_MD5",
     "CIFAR10_URL",
     "Digits",
+    "MNIST_MD5",
+    "MNIST_URL",
     "TOY_DATASETS",
     "ToyPreprocessor",
     "dequantize",
     "load_cifar10",
+    "load_mnist",
     "load_toy",
     "sample_toy",
     "write_tiny_cifar10_archive",
+    "write_tiny_mnist_archives",
 ]

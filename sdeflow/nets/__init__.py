@@ -1,10 +1,12 @@
 r"""Networks called as ``net(x, t)``: the Fourier-feature MLP of DiffFlow's 2D experiments, a
-DDPM-style U-Net for images, and the time features/embeddings they share.
+DDPM-style U-Net and the lucidrains-style U-Net (linear attention) for images, and the time
+features/embeddings they share.
 
 ``t`` has shape ``()`` or ``(1,)`` (one time for the whole batch, evaluated once and broadcast)
 or ``(B,)`` (one time per sample).
 """
 
+from .lucid_unet import LinearAttention, LucidUNet
 from .mlp import ACTIVATIONS, FourierMLP
 from .time import (
     FourierTimeFeatures,
@@ -20,6 +22,8 @@ __all__ = [
     "FourierMLP",
     "FourierTimeFeatures",
     "GaussianFourierFeatures",
+    "LinearAttention",
+    "LucidUNet",
     "ResBlock",
     "SinusoidalTimeEmbedding",
     "UNet",

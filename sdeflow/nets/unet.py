@@ -189,7 +189,8 @@ class UNet(nn.Module):
         out_channels: Output channels (default: ``in_channels``).
         num_groups: The most GroupNorm groups (as in :class:`ResBlock`).
         time_scale: The factor applied to ``t`` before the sinusoidal embedding (1000 maps
-            ``t`` in ``[0, 1]`` to DDPM's step-index range).
+            ``t`` in ``[0, 1]`` to DDPM's step-index range). The official DiffFlow code feeds
+            the raw ``t`` to this network (CIFAR-10 "B"): ``time_scale=1.0`` reproduces it.
         zero_output: Whether the last convolution starts at zero (the net starts as zero).
 
     References:

@@ -17,7 +17,7 @@ from sdeflow.training.distributed import (
 from sdeflow.training.ema import EMA
 from sdeflow.training.memory import retain_freed_memory
 from sdeflow.training.models import DiffFlowModel, FlowModel, GenerativeModel, ScoreModel
-from sdeflow.training.progressive import ProgressiveSteps
+from sdeflow.training.progressive import ProgressiveSteps, SteppedSteps, StepsSchedule
 from sdeflow.training.trainer import NonFiniteError, Trainer, select_device
 
 __all__ = [
@@ -34,6 +34,8 @@ __all__ = [
     "NonFiniteError",
     "ProgressiveSteps",
     "ScoreModel",
+    "SteppedSteps",
+    "StepsSchedule",
     "TensorBatches",
     "Trainer",
     "load_checkpoint",

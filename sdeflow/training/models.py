@@ -37,7 +37,7 @@ from sdeflow.priors import StandardNormal
 from sdeflow.processes import ForwardSDE, LinearSDE, ReverseSDE, probability_flow
 from sdeflow.sampling import sample
 from sdeflow.schedules import Schedule
-from sdeflow.training.progressive import ProgressiveSteps
+from sdeflow.training.progressive import StepsSchedule
 
 __all__ = ["GenerativeModel", "DiffFlowModel", "ScoreModel", "FlowModel"]
 
@@ -86,11 +86,11 @@ class GenerativeModel(nn.Module, ABC):
                              f"{self.state_shape}")
 
 
-def _check_grid(grid: GridSpec, progressive: ProgressiveSteps | None) -> TimeGrid:
+def _check_grid(grid: GridSpec, progressive: StepsSchedule | None) -> TimeGrid:
     """The evaluation grid (``n_end`` steps when progressive) from a grid or grid factory."""
-    if progressive is not None and not isinstance(progressive, ProgressiveSteps):
-        raise TypeError(f"progressive must be a ProgressiveSteps, got "
-                        f"{type(progressive).__name__}")
+    if progressive is not None and not isinstance(progressive, StepsSchedule):
+        raise TypeError(f"progressive must be a StepsSchedule (ProgressiveSteps, SteppedSteps, "
+                        f"...), got {type(progressive).__name__}")
     if isinstance(grid, TimeGrid):
         if progressive is not None:
             raise ValueError("grid must be a factory n -> TimeGrid (e.g. functools.partial("
@@ -114,7 +114,7 @@ class _GridMixin:
 
     grid_ts: Tensor
 
-    def _setup_grid(self, grid: GridSpec, progressive: ProgressiveSteps | None,
+    def _setup_grid(self, grid: GridSpec, progressive: StepsSchedule | None,
                     jitter: bool) -> None:
         base = _check_grid(grid, progressive)
         self.register_buffer("grid_ts", base.ts.clone())
@@ -184,7 +184,7 @@ class DiffFlowModel(_GridMixin, GenerativeModel):
         prior: nn.Module,
         *,
         jitter: bool = True,
-        progressive: ProgressiveSteps | None = None,
+        progressive: StepsSchedule | None = None,
         discretizer: Discretizer | None = None,
         gradient: GradientStrategy | None = None,
         sample_grid: TimeGrid | None = None,
@@ -332,7 +332,7 @@ class FlowModel(_GridMixin, GenerativeModel):
         prior: nn.Module,
         *,
         jitter: bool = True,
-        progressive: ProgressiveSteps | None = None,
+        progressive: StepsSchedule | None = None,
         rtol: float = 1e-5,
         atol: float = 1e-5,
     ) -> None:

@@ -1,22 +1,65 @@
-r"""Progressive number of time steps: :math:`N` grows from ``n_start`` to ``n_end`` in training.
+r"""Schedules of the number of time steps :math:`N` during training.
 
-DiffFlow's CIFAR-10 configuration trains on coarse grids first (cheap steps, while the drift
-and score are far from their optimum) and refines them as training goes on. With
-:math:`s` the training step (1-based),
+DiffFlow's CIFAR-10 configurations train on coarse grids first (cheap steps, while the drift
+and score are far from their optimum) and refine them as training goes on. A schedule is a
+callable :math:`s \mapsto N(s)` of the training step :math:`s` (1-based: the first optimizer
+step is :math:`s = 1`), and its ``n_end`` is the :math:`N` used for evaluation.
 
-.. math:: N(s) = n_{start} + \left\lfloor (n_{end} - n_{start})\,
-          \min\!\left(1, \frac{s - 1}{S}\right) \right\rfloor,
+- :class:`ProgressiveSteps`: a ramp, with :math:`S` = ``ramp_steps``,
 
-held constant over blocks of ``every`` steps, with :math:`S` = ``ramp_steps``.
+  .. math:: N(s) = n_{start} + \left\lfloor (n_{end} - n_{start})\,
+            \min\!\left(1, \frac{s - 1}{S}\right) \right\rfloor,
+
+  held constant over blocks of ``every`` steps.
+- :class:`SteppedSteps`: the official "cont" recipes (``conf/model/cont_cifar.yaml``,
+  ``cont_mnist.yaml``; ``modules/sde_loss.py``), piecewise constant with milestones
+  :math:`m_1 < \dots < m_K`,
+
+  .. math:: N(s) = n_{\#\{j \,:\, s > m_j\}},
+
+  so :math:`N` takes its next value at step :math:`m_j + 1`.
 """
 
 from __future__ import annotations
 
-__all__ = ["ProgressiveSteps"]
+import operator
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+
+__all__ = ["StepsSchedule", "ProgressiveSteps", "SteppedSteps"]
 
 
-class ProgressiveSteps:
-    r"""The number of grid steps :math:`N` at each training step (see the module docstring).
+class StepsSchedule(ABC):
+    r"""The number of grid steps :math:`N(s)` at each training step :math:`s \ge 1`.
+
+    Subclasses implement :meth:`__call__` and set :attr:`n_end`.
+
+    Attributes:
+        n_end: The :math:`N` for evaluation: the last value of the schedule.
+
+    Example:
+        >>> class Constant(StepsSchedule):
+        ...     n_end = 30
+        ...     def __call__(self, step: int) -> int:
+        ...         return self.n_end
+        >>> Constant()(1), isinstance(SteppedSteps([5, 10], [100]), StepsSchedule)
+        (30, True)
+    """
+
+    n_end: int
+
+    @abstractmethod
+    def __call__(self, step: int) -> int:
+        """:math:`N` at training step ``step`` (1-based)."""
+
+    @staticmethod
+    def _check_step(step: int) -> None:
+        if isinstance(step, bool) or not isinstance(step, int) or step < 1:
+            raise ValueError(f"step must be an integer >= 1, got {step!r}")
+
+
+class ProgressiveSteps(StepsSchedule):
+    r"""A ramp of the number of grid steps :math:`N` (see the module docstring).
 
     Arguments:
         n_start: :math:`N` at the first step.
@@ -39,12 +82,80 @@ class ProgressiveSteps:
 
     def __call__(self, step: int) -> int:
         """:math:`N` at training step ``step`` (1-based)."""
-        if isinstance(step, bool) or not isinstance(step, int) or step < 1:
-            raise ValueError(f"step must be an integer >= 1, got {step!r}")
+        self._check_step(step)
         s = ((step - 1) // self.every) * self.every
-        frac = min(1.0, s / self.ramp_steps)
-        return self.n_start + int((self.n_end - self.n_start) * frac)
+        # integer arithmetic: the floor of the formula exactly (a float product can land just
+        # below an integer, e.g. 70 * 470 / 700 = 46.999...)
+        return self.n_start + (self.n_end - self.n_start) * min(s, self.ramp_steps) // \
+            self.ramp_steps
 
     def __repr__(self) -> str:
         return (f"ProgressiveSteps(n_start={self.n_start}, n_end={self.n_end}, "
                 f"ramp_steps={self.ramp_steps}, every={self.every})")
+
+
+class SteppedSteps(StepsSchedule):
+    r"""A piecewise-constant number of grid steps, the official DiffFlow "cont" recipes.
+
+    .. math:: N(s) = \text{values}[\#\{j : s > \text{milestones}[j]\}],
+
+    as the official ``cont_loss_fn_wrapper`` computes it from the trainer's iteration counter
+    (which is 1 at the first step): ``values[0]`` for steps ``1 .. milestones[0]``,
+    ``values[1]`` from step ``milestones[0] + 1`` on, and so on.
+
+    Arguments:
+        values: :math:`N` on each stage, integers >= 1 (``n_end`` is the last).
+        milestones: The last step of each stage but the final one: strictly increasing
+            integers >= 1, one fewer than ``values``.
+
+    Example:
+        >>> cifar_b = SteppedSteps([5, 10, 20, 30, 50, 75], [5000, 15000, 20000, 25000, 30000])
+        >>> cifar_b(1), cifar_b(5000), cifar_b(5001), cifar_b(30001), cifar_b.n_end
+        (5, 5, 10, 75, 75)
+        >>> SteppedSteps([5, 10, 20, 30], [3000, 5000, 8000])  # cont_mnist
+        SteppedSteps(values=(5, 10, 20, 30), milestones=(3000, 5000, 8000))
+    """
+
+    def __init__(self, values: Sequence[int], milestones: Sequence[int]) -> None:
+        self.values = _int_tuple("values", values)
+        self.milestones = _int_tuple("milestones", milestones)
+        if not self.values:
+            raise ValueError("values must hold at least one number of steps, got an empty "
+                             "sequence")
+        if len(self.milestones) != len(self.values) - 1:
+            raise ValueError(
+                f"milestones must hold one fewer entry than values (len(values) - 1 = "
+                f"{len(self.values) - 1}), got {len(self.milestones)}: values={self.values}, "
+                f"milestones={self.milestones}"
+            )
+        if any(v < 1 for v in self.values):
+            raise ValueError(f"values must be integers >= 1, got {self.values}")
+        if any(m < 1 for m in self.milestones):
+            raise ValueError(f"milestones must be integers >= 1, got {self.milestones}")
+        if any(b <= a for a, b in zip(self.milestones, self.milestones[1:])):
+            raise ValueError(f"milestones must be strictly increasing, got {self.milestones}")
+        self.n_end = self.values[-1]
+
+    def __call__(self, step: int) -> int:
+        """:math:`N` at training step ``step`` (1-based)."""
+        self._check_step(step)
+        return self.values[sum(step > m for m in self.milestones)]
+
+    def __repr__(self) -> str:
+        return f"SteppedSteps(values={self.values}, milestones={self.milestones})"
+
+
+def _int_tuple(name: str, seq: Sequence[int]) -> tuple[int, ...]:
+    if getattr(seq, "ndim", None) == 1 and hasattr(seq, "tolist"):  # numpy array, tensor
+        seq = seq.tolist()
+    if isinstance(seq, str | bytes) or not isinstance(seq, Sequence):
+        raise TypeError(f"{name} must be a sequence of integers, got {type(seq).__name__}")
+    out = []
+    for v in seq:
+        if isinstance(v, bool):
+            raise TypeError(f"{name} must hold integers, got {v!r}")
+        try:
+            out.append(operator.index(v))
+        except TypeError:
+            raise TypeError(f"{name} must hold integers, got {v!r}") from None
+    return tuple(out)
