@@ -123,7 +123,7 @@ class Discretizer(ABC):
         return f"{type(self).__name__}()"
 
     def __eq__(self, other: object) -> bool:
-        return type(self) is type(other) and vars(self) == vars(other)
+        return other.__class__ is self.__class__ and vars(self) == vars(other)
 
     def __hash__(self) -> int:
         return hash(type(self))
