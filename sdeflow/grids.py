@@ -144,6 +144,113 @@ class TimeGrid:
         ts = cumulative / cumulative[-1] * t1  # the last ratio is exactly 1: t_N = t1
         return cls(ts.to(dtype=dtype or torch.get_default_dtype(), device=device))
 
+    @classmethod
+    def s_curve_random(
+        cls,
+        n_steps: int,
+        t0: float,
+        t1: float,
+        *,
+        generator: torch.Generator | None = None,
+        uniforms: Tensor | None = None,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> TimeGrid:
+        r"""The official random S-curve grid (``utils/scalars.py``, ``STimer.rand()``): the
+        grid on which the official code *trains*, a fresh draw at every iteration, while the
+        fixed :meth:`s_curve` grid is the one it samples and evaluates on.
+
+        With :math:`T_0 < \dots < T_N` the times of :meth:`s_curve` (``n_steps`` :math:`= N`),
+        the official code first builds :math:`N` base times by linear interpolation of the
+        fixed times, as functions of their abscissae :math:`10^{-4} + (1 - 10^{-4})\, k / N`,
+        at the :math:`N` abscissae :math:`10^{-4} + (1 - 10^{-4})\, k / (N - 1)`; that is, at
+        the fractional positions :math:`k N / (N - 1)` of the fixed grid:
+
+        .. math:: r_k = T_{j} + (s_k - j)\,(T_{j+1} - T_{j}),
+            \qquad s_k = \frac{k N}{N - 1},\ j = \lfloor s_k \rfloor,\ k = 0, \dots, N - 1,
+
+        so :math:`r_0 = T_0` and :math:`r_{N-1} = T_N = t_1`. It then keeps both end points
+        and draws one time uniformly inside each of the :math:`N - 1` gaps of the base:
+
+        .. math:: t_0 = r_0, \qquad t_i = r_{i-1} + u_i\,(r_i - r_{i-1})
+            \ (i = 1, \dots, N - 1), \qquad t_N = r_{N-1}, \qquad u_i \sim U[0, 1).
+
+        The result has :math:`N + 1` times, so :math:`N` steps, as the official training sees
+        it: ``modules/sde_loss.py`` passes ``timer.rand()`` to ``forward_cond``, whose loop
+        (``networks/base_model.py``) takes one step per pair of consecutive times. So the
+        official ``num_steps`` (the :math:`N` of the recipes, e.g. ``N_values`` 5 to 75 in
+        ``cont_cifar.yaml``) is the number of *steps* of both the fixed and the random grid,
+        and ``n_steps`` here is that :math:`N`; only the intermediate base has :math:`N`
+        points. This is not :meth:`jitter` of the fixed grid: the mean of :math:`t_i` is the
+        midpoint of :math:`[r_{i-1}, r_i]`, not :math:`T_i`, and the first and last steps
+        are half a base gap long on average while the others are a whole gap.
+
+        Differences from the official code, none of which changes the distribution: the
+        times are computed in float64 (the official code casts the base to float32 before
+        adding the draws) and cast to ``dtype`` at the end; the uniforms are drawn in float64
+        (the official code draws float32 ``torch.rand(N - 1)`` from the global generator; pass
+        those as ``uniforms`` to repeat its grid). A draw whose times, once cast to ``dtype``,
+        are not strictly increasing (:math:`u_1 = 0`, or :math:`u_i` so close to an end of its
+        gap that the time rounds onto :math:`r_{i-1}` or :math:`r_i`: in float32 of order
+        :math:`10^{-6}` per grid) is drawn again; the official code keeps such a grid and
+        divides by its zero step.
+
+        Arguments:
+            n_steps: :math:`N \ge 2` (the official base needs at least one gap).
+            t0: The offset :math:`t_0 \ge 0` of :meth:`s_curve` (the official ``t_start``).
+            t1: The last time :math:`t_1 > t_0` (the official ``t_end``).
+            generator: The generator of the uniforms (torch's global one if ``None``).
+            uniforms: Instead of drawing them, the :math:`N - 1` uniforms
+                :math:`u_1, \dots, u_{N-1} \in [0, 1)`, shape ``(N - 1,)``.
+            dtype: The dtype of the times (torch's default if ``None``).
+            device: The device of the times.
+
+        Example:
+            >>> g = TimeGrid.s_curve_random(30, 1e-3, 0.05, dtype=torch.float64,
+            ...                             generator=torch.Generator().manual_seed(0))
+            >>> fixed = TimeGrid.s_curve(30, 1e-3, 0.05, dtype=torch.float64)
+            >>> g.n_steps, g.t0 == fixed.t0, g.t1, bool((g.dts > 0).all())
+            (30, True, 0.05, True)
+            >>> u = torch.full((4,), 0.5, dtype=torch.float64)  # every gap's midpoint
+            >>> TimeGrid.s_curve_random(5, 0.0, 1.0, uniforms=u).n_steps
+            5
+        """
+        _check_steps(n_steps, t0, t1)
+        if n_steps < 2:
+            raise ValueError(
+                f"n_steps must be >= 2 for the random S-curve grid (its base of n_steps times "
+                f"needs at least one gap to draw in), got {n_steps}"
+            )
+        if generator is not None and uniforms is not None:
+            raise ValueError("pass either generator or uniforms, not both")
+        if uniforms is not None:
+            uniforms = _check_uniforms(uniforms, n_steps - 1)
+        dtype = dtype or torch.get_default_dtype()
+        fixed = cls.s_curve(n_steps, t0, t1, dtype=torch.float64).ts
+        positions = torch.arange(n_steps, dtype=torch.float64) * n_steps / (n_steps - 1)
+        j = positions.floor().long().clamp(max=n_steps - 1)
+        base = fixed[j] + (positions - j) * (fixed[j + 1] - fixed[j])
+        base[0], base[-1] = fixed[0], fixed[-1]  # exactly: r_0 = T_0, r_{N-1} = T_N = t1
+        gap_lo, gap = base[:-1], base[1:] - base[:-1]
+        for _ in range(_MAX_REDRAWS):
+            if uniforms is None:
+                where = generator.device if generator is not None else "cpu"
+                u = torch.rand(n_steps - 1, generator=generator, dtype=torch.float64,
+                               device=where).cpu()
+            else:
+                u = uniforms
+            ts = torch.cat([base[:1], gap_lo + u * gap, base[-1:]]).to(dtype=dtype, device=device)
+            if (ts[1:] > ts[:-1]).all():
+                return cls(ts)
+            if uniforms is not None:
+                raise ValueError(
+                    f"uniforms put a time on the end of its gap: the times, in {dtype}, are not "
+                    f"strictly increasing (got {ts.tolist()})"
+                )
+        raise RuntimeError(  # pragma: no cover - probability below 1e-6 ** _MAX_REDRAWS
+            f"no strictly increasing random S-curve grid in {dtype} after {_MAX_REDRAWS} draws"
+        )
+
     # -- derived quantities --------------------------------------------------------------------
     @property
     def dts(self) -> Tensor:
@@ -229,6 +336,23 @@ class TimeGrid:
 _S_CURVE_X = (0.0, 0.1, 0.2, 0.4, 0.7, 0.9, 1.0)
 _S_CURVE_Y = (1e-4, 0.05, 0.10, 0.6, 0.93, 0.98, 1.0)
 _S_CURVE_X_START = 1e-4
+_MAX_REDRAWS = 100
+
+
+def _check_uniforms(uniforms: Tensor, n: int) -> Tensor:
+    if not isinstance(uniforms, Tensor):
+        raise TypeError(f"uniforms must be a tensor of shape ({n},), got {type(uniforms)}")
+    if tuple(uniforms.shape) != (n,):
+        raise ValueError(
+            f"uniforms must have shape ({n},) (one per gap, n_steps - 1), got "
+            f"{tuple(uniforms.shape)}"
+        )
+    if not uniforms.is_floating_point():
+        raise TypeError(f"uniforms must be a floating-point tensor, got dtype {uniforms.dtype}")
+    uniforms = uniforms.detach().to(device="cpu", dtype=torch.float64)
+    if not ((uniforms >= 0) & (uniforms < 1)).all():
+        raise ValueError(f"uniforms must lie in [0, 1), got {uniforms.tolist()}")
+    return uniforms
 
 
 def _not_a_knot_cubic(knots_x: Tensor, knots_y: Tensor, x: Tensor) -> Tensor:

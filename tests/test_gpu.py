@@ -62,7 +62,7 @@ def test_bf16_autocast_training_steps_are_finite() -> None:
     model = DiffFlowModel(_unet(0.1), _unet(0.1), 1.0, TimeGrid.power(6, 1e-4, 0.05, 0.9),
                           StandardNormal((3, 16, 16)))
     data = TensorBatches(torch.rand(32, 3, 16, 16) * 2 - 1, batch_size=8)
-    trainer = Trainer(model, data, steps=3, lr=2e-4, mixed_precision=True, device="cuda",
+    trainer = Trainer(model, data, steps=3, lr=2e-4, precision="bf16", device="cuda",
                       progress=False)
     assert trainer.amp
     before = [p.detach().clone() for p in model.parameters()]

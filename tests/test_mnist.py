@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from sdeflow.data import MNIST_MD5, load_mnist, write_tiny_mnist_archives
 from sdeflow.data import mnist as mnist_module
+from sdeflow.data.mnist import _pil_bilinear_weights, _resize_bilinear_like_pil
 
 NAMES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
          "t10k-labels-idx1-ubyte")
@@ -49,7 +50,7 @@ def test_round_trip(tmp_path, compress):
     suffix = ".gz" if compress else ""
     assert sorted(p.name for p in folder.iterdir()) == sorted(n + suffix for n in NAMES)
     for train, n, prefix in ((True, 7, "train"), (False, 4, "t10k")):
-        images, labels = load_mnist(folder, train=train, verify=False, pad=False)
+        images, labels = load_mnist(folder, train=train, verify=False, resize="none")
         assert images.shape == (n, 1, 28, 28) and images.dtype == torch.uint8
         assert labels.shape == (n,) and labels.dtype == torch.int64
         np.testing.assert_array_equal(images[:, 0].numpy(), pattern(None, n))
@@ -71,7 +72,7 @@ def test_gz_and_raw_hold_the_same_data(tmp_path):
 def test_padding(tmp_path):
     write_tiny_mnist_archives(tmp_path, n_train=6, n_test=1, seed=1)
     padded, labels = load_mnist(tmp_path, verify=False)
-    plain, labels_plain = load_mnist(tmp_path, verify=False, pad=False)
+    plain, labels_plain = load_mnist(tmp_path, verify=False, resize="none")
     assert padded.shape == (6, 1, 32, 32)
     assert torch.equal(padded[:, :, 2:30, 2:30], plain)
     border = torch.ones(32, 32, dtype=torch.bool)
@@ -232,3 +233,106 @@ def test_empty_split(tmp_path):
 def test_module_exports():
     assert set(mnist_module.__all__) == {"MNIST_MD5", "MNIST_URL", "load_mnist",
                                          "write_tiny_mnist_archives"}
+
+
+# -- the official 32x32: Pillow's bilinear resize ----------------------------------------------
+
+
+def pillow_bilinear(images: np.ndarray, size: int = 32) -> np.ndarray:
+    """What the official ``transforms.Resize(32)`` does to each digit (a PIL "L" image)."""
+    image_module = pytest.importorskip("PIL.Image")
+    return np.stack([np.asarray(image_module.fromarray(a, mode="L").resize(
+        (size, size), image_module.BILINEAR)) for a in images]).reshape(-1, size, size)
+
+
+def random_digits(seed: int, n: int) -> np.ndarray:
+    """Uniform pixels, mostly-black digits with saturated strokes, and constant images."""
+    rng = np.random.default_rng(seed)
+    uniform = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
+    sparse = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
+    sparse[rng.random(sparse.shape) < 0.8] = 0
+    sparse[rng.random(sparse.shape) < 0.05] = 255
+    constant = np.stack([np.full((28, 28), v, np.uint8) for v in (0, 1, 127, 128, 254, 255)])
+    return np.concatenate([uniform, sparse, constant])
+
+
+def test_bilinear_is_pillows_bit_for_bit():
+    images = random_digits(0, 100)
+    ours = _resize_bilinear_like_pil(images, 32)
+    assert ours.dtype == np.uint8 and ours.shape == (len(images), 32, 32)
+    np.testing.assert_array_equal(ours, pillow_bilinear(images))
+    # in chunks as a whole
+    np.testing.assert_array_equal(_resize_bilinear_like_pil(images, 32, chunk=7), ours)
+
+
+@pytest.mark.parametrize("shape, size", [((5, 7), 9), ((20, 28), 32), ((3, 3), 64), ((28, 28), 28)])
+def test_bilinear_other_upsampling_sizes(shape, size):
+    images = np.random.default_rng(1).integers(0, 256, size=(20, *shape), dtype=np.uint8)
+    np.testing.assert_array_equal(_resize_bilinear_like_pil(images, size),
+                                  pillow_bilinear(images, size))
+
+
+def test_bilinear_is_rounded_float_bilinear_up_to_one():
+    """Without Pillow: within 1 of torch's bilinear interpolation (align_corners=False): each
+    pass rounds by at most 1/2 and the second pass averages the first one's errors with convex
+    weights; and not equal to it after one rounding (the two passes each round to uint8)."""
+    images = random_digits(2, 100)
+    ours = torch.from_numpy(_resize_bilinear_like_pil(images, 32)).double()
+    exact = F.interpolate(torch.from_numpy(images)[:, None].double(), size=(32, 32),
+                          mode="bilinear", align_corners=False)[:, 0]
+    assert float((ours - exact).abs().max()) <= 1
+    assert not torch.equal(ours, exact.round())
+    assert not torch.equal(ours, torch.floor(exact + 0.5))
+    constant = torch.from_numpy(images[-6:]).double()
+    assert torch.equal(ours[-6:], constant[:, :1, :1].expand(-1, 32, 32))
+
+
+def test_pillow_weights():
+    w = _pil_bilinear_weights(28, 32)
+    assert w.shape == (32, 28)
+    assert (w.sum(1) == 2**22).all()  # the bilinear weights of a 28 -> 32 pass are 1/16ths
+    assert torch.equal(w, torch.round(w)) and (w >= 0).all()
+    assert torch.equal(w[0, :2], torch.tensor([2.0**22, 0.0], dtype=torch.float64))  # edge
+    assert torch.equal(_pil_bilinear_weights(4, 4), 2.0**22 * torch.eye(4, dtype=torch.float64))
+    with pytest.raises(ValueError, match="only upsampling"):
+        _pil_bilinear_weights(32, 28)
+
+
+@pytest.mark.parametrize("compress", [True, False], ids=["gz", "raw"])
+def test_load_bilinear_like_the_official_pipeline(tmp_path, compress):
+    digits = random_digits(3, 4)
+    folder = write_tiny_mnist_archives(
+        tmp_path, n_train=len(digits), n_test=5, seed=2, compress=compress,
+        image_fn=lambda rng, n: digits if n == len(digits) else pattern(rng, n))
+    for train, source in ((True, digits), (False, pattern(None, 5))):
+        images, labels = load_mnist(folder, train=train, verify=False, resize="bilinear")
+        assert images.shape == (len(source), 1, 32, 32) and images.dtype == torch.uint8
+        np.testing.assert_array_equal(images[:, 0].numpy(), pillow_bilinear(source))
+        plain, labels_plain = load_mnist(folder, train=train, verify=False, resize="none")
+        assert torch.equal(labels, labels_plain)
+        np.testing.assert_array_equal(images[:, 0].numpy(),
+                                      _resize_bilinear_like_pil(plain[:, 0].numpy(), 32))
+
+
+def test_resize_choices_and_the_older_pad(tmp_path):
+    write_tiny_mnist_archives(tmp_path, n_train=3, n_test=2, seed=4)
+    default, _ = load_mnist(tmp_path, verify=False)
+    assert torch.equal(default, load_mnist(tmp_path, verify=False, resize="pad")[0])
+    assert torch.equal(default, load_mnist(tmp_path, verify=False, pad=True)[0])
+    plain, _ = load_mnist(tmp_path, verify=False, resize="none")
+    assert plain.shape == (3, 1, 28, 28)
+    assert torch.equal(plain, load_mnist(tmp_path, verify=False, pad=False)[0])
+    bilinear, _ = load_mnist(tmp_path, verify=False, resize="bilinear")
+    assert bilinear.shape == default.shape and not torch.equal(bilinear, default)
+    with pytest.raises(ValueError, match=r"resize must be one of \('pad', 'bilinear', 'none'\)"):
+        load_mnist(tmp_path, verify=False, resize="nearest")
+    with pytest.raises(ValueError, match="pass resize='bilinear' or the older pad=False"):
+        load_mnist(tmp_path, verify=False, resize="bilinear", pad=False)
+    with pytest.raises(TypeError, match="pad must be a bool"):
+        load_mnist(tmp_path, verify=False, pad="yes")
+
+
+def test_empty_split_bilinear(tmp_path):
+    write_tiny_mnist_archives(tmp_path, n_train=0, n_test=1)
+    images, labels = load_mnist(tmp_path, verify=False, resize="bilinear")
+    assert images.shape == (0, 1, 32, 32) and labels.shape == (0,)

@@ -4,6 +4,8 @@ r"""Training: the :class:`Trainer` loop, the model families it trains, and its p
 from sdeflow.training.batches import BatchSource, TensorBatches
 from sdeflow.training.checkpoint import (
     CheckpointError,
+    kept_checkpoint_path,
+    list_checkpoints,
     load_checkpoint,
     save_checkpoint,
     verify_checkpoint,
@@ -18,6 +20,7 @@ from sdeflow.training.ema import EMA
 from sdeflow.training.memory import retain_freed_memory
 from sdeflow.training.models import DiffFlowModel, FlowModel, GenerativeModel, ScoreModel
 from sdeflow.training.progressive import ProgressiveSteps, SteppedSteps, StepsSchedule
+from sdeflow.training.tensorboard import TensorBoardLog, tensorboard_available
 from sdeflow.training.trainer import NonFiniteError, Trainer, select_device
 
 __all__ = [
@@ -38,7 +41,11 @@ __all__ = [
     "StepsSchedule",
     "TensorBatches",
     "Trainer",
+    "kept_checkpoint_path",
+    "list_checkpoints",
     "load_checkpoint",
+    "TensorBoardLog",
+    "tensorboard_available",
     "retain_freed_memory",
     "save_checkpoint",
     "select_device",

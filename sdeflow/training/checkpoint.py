@@ -12,6 +12,10 @@ checks the magic, the length and the checksum before unpickling, so a truncated 
 raises :class:`CheckpointError` naming the file and what is wrong, and is never loaded silently.
 Payloads are loaded with ``weights_only=True``: tensors, numbers, strings and containers of
 them (the :class:`~sdeflow.training.Trainer` stores RNG states in that form).
+
+A run folder holds the rolling ``checkpoint.pt`` and, when the trainer keeps them
+(``keep_every``), the checkpoints ``checkpoints/step_0001000.pt`` of chosen steps
+(:func:`kept_checkpoint_path`), listed in step order by :func:`list_checkpoints`.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import contextlib
 import hashlib
 import io
 import os
+import re
 import struct
 import tempfile
 from pathlib import Path
@@ -27,10 +32,19 @@ from typing import Any
 
 import torch
 
-__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "verify_checkpoint"]
+__all__ = [
+    "CheckpointError",
+    "save_checkpoint",
+    "load_checkpoint",
+    "verify_checkpoint",
+    "kept_checkpoint_path",
+    "list_checkpoints",
+]
 
 MAGIC = b"SDEFLOW-CKPT-v1\n"
 _HEADER = struct.Struct("<16sQ32s")
+KEPT_DIR = "checkpoints"
+_KEPT_NAME = re.compile(r"step_(\d+)\.pt")
 
 
 class CheckpointError(ValueError):
@@ -137,3 +151,41 @@ def load_checkpoint(
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(state).__name__}, not a dict")
     return state
+
+
+def kept_checkpoint_path(run_dir: str | os.PathLike, step: int) -> Path:
+    """Where a run keeps its checkpoint of ``step``: ``run_dir/checkpoints/step_{step:07d}.pt``."""
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise ValueError(f"step must be an integer >= 0, got {step!r}")
+    return Path(run_dir) / KEPT_DIR / f"step_{step:07d}.pt"
+
+
+def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
+    r"""The checkpoints a run kept (``Trainer(keep_every=k)``), sorted by step.
+
+    The rolling ``checkpoint.pt`` is not among them; files that are not ``step_<digits>.pt``
+    (such as the temporary files of an interrupted write) are ignored.
+
+    Raises:
+        FileNotFoundError: ``run_dir`` is not a folder.
+
+    Example:
+        >>> import tempfile, torch
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     for step in (20, 5, 100):
+        ...         _ = save_checkpoint({"step": step}, kept_checkpoint_path(d, step))
+        ...     [load_checkpoint(p)["step"] for p in list_checkpoints(d)]
+        [5, 20, 100]
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run_dir {run_dir} is not a folder")
+    folder = run_dir / KEPT_DIR
+    if not folder.is_dir():
+        return []
+    kept = []
+    for path in folder.iterdir():
+        match = _KEPT_NAME.fullmatch(path.name)
+        if match is not None and path.is_file():
+            kept.append((int(match.group(1)), path))
+    return [path for _, path in sorted(kept)]

@@ -1,14 +1,28 @@
 r"""One training loop for every model family.
 
-Each step draws a batch, computes ``model.loss(batch, step)`` (under bf16 autocast on CUDA when
-``mixed_precision``), backpropagates, clips the gradient norm, steps the optimizer and the LR
-schedule, and updates the EMA weights that evaluation and sampling use. Around it: tqdm
-progress, JSONL metrics, periodic sample plots, and atomic checkpoints that a run resumes from
-exactly (model, EMA, optimizer, schedule, step, batch source and every RNG state), so that on the
-CPU a resumed run equals an uninterrupted one bit for bit.
+Each step draws a batch, computes ``model.loss(batch, step)`` (under autocast when
+``precision`` is ``"bf16"`` or ``"fp16"``), backpropagates, clips the gradient norm, steps the
+optimizer and the LR schedule, and updates the EMA weights that evaluation and sampling use.
+Around it: tqdm progress, JSONL metrics (and the same scalars and the sample plots in
+TensorBoard's format, ``out_dir/tensorboard``), periodic sample plots, and atomic checkpoints
+that a run resumes from exactly (model, EMA, optimizer, schedule, gradient scaler, step, batch
+source and every RNG state), so that on the CPU a resumed run equals an uninterrupted one bit
+for bit. Besides the rolling checkpoint, ``keep_every`` keeps ``checkpoints/step_XXXXXXX.pt``
+for evaluating intermediate weights (:func:`~sdeflow.training.checkpoint.list_checkpoints`).
 
 Non-finite losses or gradients stop training (``on_nonfinite="stop"``) with an error naming the
 step and the last good checkpoint, which is left untouched, or skip the step (``"skip"``).
+
+``precision="fp16"`` is the official DiffFlow recipes' automatic mixed precision: float16
+autocast and a :class:`torch.amp.GradScaler` (default settings, as there) that multiplies the
+loss by a scale :math:`s` before the backward pass, unscales the gradients before clipping, and
+skips the optimizer step when they hold an inf or NaN (halving :math:`s`; it doubles after 2000
+good steps). Such a step is the scaler finding its scale, not an error: whatever
+``on_nonfinite``, it is counted (:attr:`Trainer.scaler_skips`) and logged
+(``"scaler_skipped": true``), and like a skipped step it changes neither the weights nor the
+EMA (the official trainer updates its EMA anyway) while the LR schedule still advances. Only
+gradients that stay non-finite at every scale (:math:`s < 2^{-16}`) stop training. A
+non-finite loss is the forward pass's, which no scale changes: it follows ``on_nonfinite``.
 
 Multi-process (DDP) training: pass ``distributed=init_distributed()`` (see
 :mod:`sdeflow.training.distributed`) and launch with ``torchrun``. The loss computation is wrapped
@@ -36,14 +50,19 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from sdeflow.training.batches import BatchSource
-from sdeflow.training.checkpoint import load_checkpoint, save_checkpoint
+from sdeflow.training.checkpoint import kept_checkpoint_path, load_checkpoint, save_checkpoint
 from sdeflow.training.distributed import DistributedContext
 from sdeflow.training.ema import EMA
 from sdeflow.training.rng import get_rng_state, set_rng_state
+from sdeflow.training.tensorboard import TensorBoardLog, tensorboard_available
 
 __all__ = ["Trainer", "NonFiniteError", "get_rng_state", "set_rng_state", "select_device"]
 
 _NONFINITE = ("stop", "skip")
+_PRECISIONS: dict[str, torch.dtype | None] = {
+    "fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+# below it the gradients are non-finite whatever the scale: a divergence, not an fp16 overflow
+_MIN_LOSS_SCALE = 2.0**-16
 CHECKPOINT_FORMAT = 1
 
 
@@ -76,16 +95,32 @@ class Trainer:
         lr_step_size: Steps between decays (default ``steps // 30``: DiffFlow's 30 epochs).
         grad_clip: Max gradient norm (``None``: no clipping; the norm is still checked).
         ema_decay: EMA decay (``None``: evaluate the trained weights).
-        ema_warmup: Warm the EMA decay up as :math:`\min(\beta, (1+k)/(10+k))`.
-        mixed_precision: bf16 autocast of the loss on CUDA (ignored on the CPU).
+        ema_warmup: Warm the EMA decay up as :math:`\min(\beta, (1+j)/(10+j))` after
+            :math:`j` averaging updates (see :class:`~sdeflow.training.ema.EMA`).
+        ema_start: The EMA is a copy of the weights until this many updates have happened,
+            then decays: :math:`\bar\theta_k = \theta_k` for :math:`k \le` ``ema_start``,
+            else :math:`\beta_k\bar\theta_{k-1} + (1 - \beta_k)\theta_k` (the official recipes:
+            10, with ``ema_warmup=False``).
+        precision: ``"fp32"``; ``"bf16"``: bfloat16 autocast of the loss; ``"fp16"``: float16
+            autocast with a gradient scaler (the official recipes; see the module docstring).
+            Both on CUDA and on the CPU.
+        mixed_precision: Deprecated: ``True`` is ``precision="bf16"`` on CUDA and, as it always
+            was, full precision on the CPU.
         device: Device (default CUDA when present, else CPU); the model is moved there.
         out_dir: Folder of ``metrics.jsonl``, plots and the checkpoint (``None``: nothing is
             written, no checkpoints).
         checkpoint_every: Steps between checkpoints (a final one is always written).
         checkpoint_name: File name of the checkpoint inside ``out_dir``.
+        keep_every: Also keep the checkpoint of every ``keep_every``-th step as
+            ``out_dir/checkpoints/step_{step:07d}.pt`` (``None``: only the rolling one).
         log_every: Steps between metric records.
         plot_every: Steps between sample plots (``None``: none).
-        plot_fn: ``plot_fn(eval_model, path)`` (default ``eval_model.plot(path)``).
+        plot_fn: ``plot_fn(eval_model, path)`` (default ``eval_model.plot(path)``); the picture
+            it writes is also logged to TensorBoard (tag ``samples``).
+        tensorboard: Write the metrics records' numbers (tags ``train/<key>``) and the plots to
+            ``out_dir/tensorboard`` on rank 0 (``None``: when the ``tensorboard`` package is
+            installed and there is an ``out_dir``). A resumed run hides the events written
+            after its checkpoint (TensorBoard's ``purge_step``).
         on_nonfinite: ``"stop"`` (raise :class:`NonFiniteError`) or ``"skip"`` the step.
         max_consecutive_skips: Stop anyway after this many skipped steps in a row.
         progress: Show a tqdm progress bar.
@@ -127,14 +162,18 @@ class Trainer:
         grad_clip: float | None = 1.0,
         ema_decay: float | None = 0.999,
         ema_warmup: bool = True,
-        mixed_precision: bool = False,
+        ema_start: int = 0,
+        precision: str = "fp32",
+        mixed_precision: bool | None = None,
         device: str | torch.device | None = None,
         out_dir: str | os.PathLike | None = None,
         checkpoint_every: int | None = None,
         checkpoint_name: str = "checkpoint.pt",
+        keep_every: int | None = None,
         log_every: int = 10,
         plot_every: int | None = None,
         plot_fn: Callable[[nn.Module, Path], None] | None = None,
+        tensorboard: bool | None = None,
         on_nonfinite: str = "stop",
         max_consecutive_skips: int = 20,
         progress: bool = True,
@@ -152,10 +191,20 @@ class Trainer:
                             f"load_state_dict), got {type(data).__name__}")
         _check_int("steps", steps, 1)
         _check_int("log_every", log_every, 1)
+        _check_int("ema_start", ema_start, 0)
         for name, value in (("checkpoint_every", checkpoint_every), ("plot_every", plot_every),
-                            ("lr_step_size", lr_step_size)):
+                            ("lr_step_size", lr_step_size), ("keep_every", keep_every)):
             if value is not None:
                 _check_int(name, value, 1)
+        if precision not in _PRECISIONS:
+            raise ValueError(f"precision must be one of {tuple(_PRECISIONS)}, got {precision!r}")
+        if out_dir is None and keep_every is not None:
+            raise ValueError("keep_every needs an out_dir to keep checkpoints in")
+        if tensorboard and out_dir is None:
+            raise ValueError("tensorboard=True needs an out_dir to write the event files in")
+        if tensorboard and not tensorboard_available():
+            raise ImportError("tensorboard=True needs the tensorboard package: "
+                              "pip install 'sdeflow[eval]' (or pip install tensorboard)")
         if on_nonfinite not in _NONFINITE:
             raise ValueError(f"on_nonfinite must be one of {_NONFINITE}, got {on_nonfinite!r}")
         if grad_clip is not None and not grad_clip > 0:
@@ -180,7 +229,12 @@ class Trainer:
         self.rank, self.world_size = rank, world_size
         self.grad_clip, self.on_nonfinite = grad_clip, on_nonfinite
         self.max_consecutive_skips = max_consecutive_skips
-        self.amp = bool(mixed_precision) and self.device.type == "cuda"
+        self.precision = _resolve_precision(precision, mixed_precision, self.device)
+        self.autocast_dtype = _PRECISIONS[self.precision]
+        self.amp = self.autocast_dtype is not None  # whether the loss runs under autocast
+        # the official recipes' scaler: default settings, fp16 only (bf16 has fp32's range)
+        self.scaler = (torch.amp.GradScaler(self.device.type) if self.precision == "fp16"
+                       else None)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = (optimizer or (lambda ps: torch.optim.Adam(ps, lr=lr)))(self.params)
         if scheduler is None:
@@ -188,15 +242,21 @@ class Trainer:
             self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size, lr_gamma)
         else:
             self.scheduler = scheduler(self.optimizer)
-        self.ema = None if ema_decay is None else EMA(self.model, ema_decay, warmup=ema_warmup)
+        self.ema = None if ema_decay is None else EMA(self.model, ema_decay, warmup=ema_warmup,
+                                                      start=ema_start)
         self.out_dir = None if out_dir is None else Path(out_dir)
         self.checkpoint_every, self.log_every = checkpoint_every, log_every
+        self.keep_every = keep_every
+        self.tensorboard = self.out_dir is not None and (
+            tensorboard_available() if tensorboard is None else bool(tensorboard))
+        self._tensorboard_log: TensorBoardLog | None = None
         self.checkpoint_path = None if self.out_dir is None else self.out_dir / checkpoint_name
         self.plot_every, self.plot_fn = plot_every, plot_fn
         self.progress, self.callbacks = progress, list(callbacks)
         self.config = dict(config or {})
         self.step = 0
         self.skipped = 0
+        self.scaler_skips = 0  # steps the fp16 gradient scaler skipped (inf/NaN gradients)
         self.train_time = 0.0
         self.last_loss = math.nan
         self.last_checkpoint: tuple[Path, int] | None = None
@@ -229,6 +289,8 @@ class Trainer:
             "data": self.data.state_dict(),
             "rng": get_rng_state(),
             "skipped": self.skipped,
+            "scaler": None if self.scaler is None else self.scaler.state_dict(),
+            "scaler_skips": self.scaler_skips,
             "train_time": self.train_time,
             "last_loss": self.last_loss,
             "config": json.loads(json.dumps(self.config)),
@@ -247,6 +309,9 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.data.load_state_dict(state["data"])
         set_rng_state(state["rng"])
+        if self.scaler is not None and state.get("scaler") is not None:
+            self.scaler.load_state_dict(state["scaler"])  # else (an fp32/bf16 run): a new one
+        self.scaler_skips = int(state.get("scaler_skips", 0))
         self.step, self.skipped = int(state["step"]), int(state["skipped"])
         self.train_time, self.last_loss = float(state["train_time"]), float(state["last_loss"])
 
@@ -309,6 +374,7 @@ class Trainer:
         bar = tqdm(total=self.steps, initial=self.step, disable=not show, dynamic_ncols=True,
                    desc="train")
         consecutive_skips = 0
+        self._open_tensorboard()
         try:
             while self.step < self.steps:
                 started = time.perf_counter()
@@ -325,28 +391,32 @@ class Trainer:
                 else:
                     consecutive_skips = 0
                     self.last_loss = record["loss"]
+                    self.scaler_skips += bool(record.get("scaler_skipped"))
                 bar.update(1)
-                if step % self.log_every == 0 or step == self.steps or record.get("skipped"):
+                if (step % self.log_every == 0 or step == self.steps or record.get("skipped")
+                        or record.get("scaler_skipped")):
                     record["time_s"] = round(self.train_time, 4)
                     self._log(self._reduce(record))
                     bar.set_postfix(loss=f"{self.last_loss:.4g}")
                 if self.plot_every and step % self.plot_every == 0:
                     self.plot(step)
-                if self.checkpoint_path is not None and (
+                rolling = self.checkpoint_path is not None and (
                     step == self.steps or (self.checkpoint_every and
-                                           step % self.checkpoint_every == 0)
-                ):
-                    self._write_checkpoint()
+                                           step % self.checkpoint_every == 0))
+                kept = self.keep_every is not None and step % self.keep_every == 0
+                if rolling or kept:
+                    self._write_checkpoint(rolling=rolling, kept=kept)
                 for callback in self.callbacks:  # last: they see this step's checkpoint
                     callback(self, step, record)
         finally:
             bar.close()
+            self._close_tensorboard()
         return self
 
     def _train_step(self, step: int) -> dict[str, Any]:
         self.model.train()
         batch = self.data.next_batch().to(self.device, non_blocking=True)
-        autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if self.amp
+        autocast = (torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.amp
                     else contextlib.nullcontext())
         with autocast:
             loss, info = self._loss(batch, step)
@@ -360,30 +430,56 @@ class Trainer:
                                              f"{float(loss.detach())})")
             return self._nonfinite(step, f"non-finite loss ({float(loss.detach())})")
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        if self.scaler is None:
+            loss.backward()
+        else:
+            loss_scale = self.scaler.get_scale()
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)  # clip the true gradient, not the scaled one
         max_norm = self.grad_clip if self.grad_clip is not None else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
-        if not torch.isfinite(grad_norm):
-            self.optimizer.zero_grad(set_to_none=True)
-            return self._nonfinite(step, f"non-finite gradient norm ({float(grad_norm)})")
-        self.optimizer.step()
-        self.scheduler.step()
-        if self.ema is not None:
-            self.ema.update(self.model)
+        scaled: dict[str, Any] = {}
+        if self.scaler is None:
+            if not torch.isfinite(grad_norm):
+                self.optimizer.zero_grad(set_to_none=True)
+                return self._nonfinite(step, f"non-finite gradient norm ({float(grad_norm)})")
+            self.optimizer.step()
+            updated = True
+        else:
+            self.scaler.step(self.optimizer)  # no step when the gradients hold an inf or NaN
+            self.scaler.update()  # ... and then the scale is lowered
+            updated = not self.scaler.get_scale() < loss_scale
+            scaled["loss_scale"] = loss_scale
+            if not updated:
+                self.optimizer.zero_grad(set_to_none=True)
+                scaled["scaler_skipped"] = True
+                if self.scaler.get_scale() < _MIN_LOSS_SCALE:
+                    self._stop_nonfinite(step, f"non-finite gradient norm ({float(grad_norm)}) "
+                                               f"at every loss scale down to {loss_scale:g}")
+        if updated:
+            self.scheduler.step()
+            if self.ema is not None:
+                self.ema.update(self.model)
+        else:
+            self._step_schedule_only()
         record = {"step": step, "loss": float(loss.detach()), "grad_norm": float(grad_norm),
-                  "lr": self.optimizer.param_groups[0]["lr"]}
+                  "lr": self.optimizer.param_groups[0]["lr"], **scaled}
         record.update(info)
         return record
 
     def _nonfinite(self, step: int, what: str) -> dict[str, Any]:
         if self.on_nonfinite == "stop":
             self._stop_nonfinite(step, what)
-        # skip: no optimizer or EMA update; the LR schedule still follows the step count
+        self._step_schedule_only()
+        return {"step": step, "skipped": True, "reason": what,
+                "lr": self.optimizer.param_groups[0]["lr"]}
+
+    def _step_schedule_only(self) -> None:
+        """A skipped step: no optimizer or EMA update; the LR schedule still follows the step
+        count."""
         with warnings.catch_warnings():  # "scheduler stepped before optimizer" is intended here
             warnings.simplefilter("ignore", UserWarning)
             self.scheduler.step()
-        return {"step": step, "skipped": True, "reason": what,
-                "lr": self.optimizer.param_groups[0]["lr"]}
 
     def _stop_nonfinite(self, step: int, what: str) -> None:
         if self.last_checkpoint is not None:
@@ -409,13 +505,22 @@ class Trainer:
                          for k, v in mean.items()}
 
     # -- side outputs (rank 0) -----------------------------------------------------------------
-    def _write_checkpoint(self) -> None:
+    def _write_checkpoint(self, *, rolling: bool = True, kept: bool = False) -> None:
         """Called on every rank: gathers each rank's RNG state (so that a resumed
-        multi-process run repeats the uninterrupted one draw for draw), then rank 0 writes."""
+        multi-process run repeats the uninterrupted one draw for draw), then rank 0 writes the
+        rolling checkpoint and/or the kept one of this step."""
         rng_ranks = (self.distributed.all_gather_object(get_rng_state())
                      if self.distributed is not None and self.world_size > 1 else None)
-        if self.is_main:
-            self.save_checkpoint(extra=None if rng_ranks is None else {"rng_ranks": rng_ranks})
+        if not self.is_main:
+            return
+        if self._tensorboard_log is not None:  # the events up to the checkpoint are on disk
+            self._tensorboard_log.flush()
+        state = self.state_dict() | ({} if rng_ranks is None else {"rng_ranks": rng_ranks})
+        if kept:
+            save_checkpoint(state, kept_checkpoint_path(self.out_dir, self.step))
+        if rolling:
+            save_checkpoint(state, self.checkpoint_path)
+            self.last_checkpoint = (self.checkpoint_path, self.step)
 
     def _log(self, record: dict[str, Any]) -> None:
         if not self.is_main or self.metrics_path is None:
@@ -423,6 +528,28 @@ class Trainer:
         self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps(record, allow_nan=True) + "\n")
+        if self._tensorboard_log is not None and "event" not in record and "step" in record:
+            self._tensorboard_log.scalars(record)
+
+    @property
+    def tensorboard_dir(self) -> Path | None:
+        """Folder of the TensorBoard event files (``None`` when they are not written)."""
+        return self.out_dir / "tensorboard" if self.tensorboard else None
+
+    def _open_tensorboard(self) -> TensorBoardLog | None:
+        """The event log (rank 0), opened if needed: events from an earlier run of this folder
+        at later steps than this trainer's are hidden (a resumed run writes them anew)."""
+        if not self.tensorboard or not self.is_main:
+            return None
+        if self._tensorboard_log is None:
+            self._tensorboard_log = TensorBoardLog(self.tensorboard_dir,
+                                                   purge_step=self.step + 1)
+        return self._tensorboard_log
+
+    def _close_tensorboard(self) -> None:
+        if self._tensorboard_log is not None:
+            self._tensorboard_log.close()
+            self._tensorboard_log = None
 
     def _truncate_metrics(self) -> None:
         """Drop records a killed run wrote after the checkpoint we resume from."""
@@ -465,7 +592,49 @@ class Trainer:
         finally:
             model.train(was_training)
         self._log({"event": "plot", "step": step, "path": str(path)})
+        if self.tensorboard:
+            opened_here = self._tensorboard_log is None  # a plot outside fit()
+            log = self._open_tensorboard()
+            try:
+                log.image_file("samples", path, step)
+            except (OSError, ValueError) as err:  # e.g. a plot_fn that writes no picture
+                warnings.warn(f"the plot {path} could not be read back for TensorBoard: {err}",
+                              RuntimeWarning, stacklevel=2)
+            if opened_here:
+                self._close_tensorboard()
+            else:
+                log.flush()
         return path
+
+
+def _resolve_precision(precision: str, mixed_precision: bool | None,
+                       device: torch.device) -> str:
+    """The precision to train in, from ``precision`` and the deprecated ``mixed_precision``."""
+    if mixed_precision is not None:
+        warnings.warn("Trainer(mixed_precision=...) is deprecated; pass precision='bf16' (or "
+                      "'fp16', 'fp32') instead", DeprecationWarning, stacklevel=3)
+        if precision != "fp32":
+            raise ValueError(f"pass precision alone, without the deprecated mixed_precision "
+                             f"(got precision={precision!r}, mixed_precision={mixed_precision!r})")
+        # what mixed_precision=True always meant: bf16 autocast on CUDA, ignored on the CPU
+        precision = "bf16" if mixed_precision and device.type == "cuda" else "fp32"
+    dtype = _PRECISIONS[precision]
+    if dtype is not None and not _autocast_supported(device.type, dtype):
+        raise ValueError(f"precision={precision!r} needs {dtype} autocast on {device.type}, "
+                         f"which this torch ({torch.__version__}) does not support; choose "
+                         f"another precision or device")
+    return precision
+
+
+def _autocast_supported(device_type: str, dtype: torch.dtype) -> bool:
+    """Whether autocast to ``dtype`` works on ``device_type`` (torch warns and disables it
+    when the dtype is not supported there)."""
+    if not torch.amp.is_autocast_available(device_type):
+        return False
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.autocast(device_type, dtype=dtype)
+    return not caught
 
 
 def _check_int(name: str, value: object, low: int) -> None:
