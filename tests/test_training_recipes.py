@@ -366,3 +366,28 @@ def test_a_new_log_sorts_after_the_files_of_this_second(tmp_path):
         log.scalars({"step": 3, "loss": 1.0})
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names[0] == earlier.name and len(names) == 2
+
+
+def test_training_grid_drawn_by_a_callable_jitter():
+    """The official S-curve recipe trains on ``TimeGrid.s_curve_random(N, t0, t1)`` at every
+    step: ``jitter`` accepts such a callable, with a stepped N."""
+    import functools
+
+    from sdeflow.training import DiffFlowModel, SteppedSteps
+
+    draw = functools.partial(TimeGrid.s_curve_random, t0=1e-3, t1=0.05)
+    model = DiffFlowModel(FourierMLP(2, 8, 1), FourierMLP(2, 8, 1), 1.0,
+                          functools.partial(TimeGrid.s_curve, t0=1e-3, t1=0.05),
+                          StandardNormal((2,)), jitter=draw,
+                          progressive=SteppedSteps([5, 10], [3]))
+    torch.manual_seed(0)
+    grids = [model.training_grid(step) for step in (1, 3, 4)]
+    assert [g.n_steps for g in grids] == [5, 5, 10]
+    torch.manual_seed(0)
+    torch.testing.assert_close(grids[0].ts, draw(5).ts)
+    assert model.grid.n_steps == 10 and torch.equal(model.grid.ts, TimeGrid.s_curve(10, 1e-3,
+                                                                                      0.05).ts)
+    assert not torch.equal(grids[0].ts, TimeGrid.s_curve(5, 1e-3, 0.05).ts)
+    with pytest.raises(TypeError, match="jitter must be a bool or a callable"):
+        DiffFlowModel(FourierMLP(2, 8, 1), FourierMLP(2, 8, 1), 1.0, TimeGrid.uniform(3, 0, 1),
+                      StandardNormal((2,)), jitter="yes")

@@ -115,11 +115,14 @@ class _GridMixin:
     grid_ts: Tensor
 
     def _setup_grid(self, grid: GridSpec, progressive: StepsSchedule | None,
-                    jitter: bool) -> None:
+                    jitter: bool | Callable[[int], TimeGrid]) -> None:
         base = _check_grid(grid, progressive)
         self.register_buffer("grid_ts", base.ts.clone())
         self._grid_fn = None if isinstance(grid, TimeGrid) else grid
-        self.progressive, self.jitter = progressive, bool(jitter)
+        if not (isinstance(jitter, bool) or callable(jitter)):
+            raise TypeError(f"jitter must be a bool or a callable n -> TimeGrid (a random grid of "
+                            f"n steps, e.g. TimeGrid.s_curve_random), got {type(jitter).__name__}")
+        self.progressive, self.jitter = progressive, jitter
 
     @property
     def grid(self) -> TimeGrid:
@@ -127,14 +130,21 @@ class _GridMixin:
         return TimeGrid(self.grid_ts)
 
     def training_grid(self, step: int) -> TimeGrid:
-        """The grid of training step ``step``: ``N(step)`` steps, jittered if ``jitter``."""
-        if self.progressive is None:
+        """The grid of training step ``step``: ``N(step)`` steps, jittered if ``jitter`` is
+        ``True``, or drawn by ``jitter(N)`` when it is a callable."""
+        n = self.grid.n_steps if self.progressive is None else self.progressive(step)
+        # a random grid draws from the global RNG, which the trainer checkpoints
+        if callable(self.jitter):
+            grid = self.jitter(n)
+            if not isinstance(grid, TimeGrid) or grid.n_steps != n:
+                got = grid if not isinstance(grid, TimeGrid) else f"{grid.n_steps} steps"
+                raise ValueError(f"jitter(n) must return a TimeGrid of n={n} steps, got {got}")
+        elif self.progressive is None:
             grid = self.grid
         else:
-            ts = self._grid_fn(self.progressive(step)).ts
-            grid = TimeGrid(ts.to(dtype=self.grid_ts.dtype, device=self.grid_ts.device))
-        # the random grid draws from the global RNG, which the trainer checkpoints
-        return grid.jitter() if self.jitter else grid
+            grid = self._grid_fn(n)
+        grid = TimeGrid(grid.ts.to(dtype=self.grid_ts.dtype, device=self.grid_ts.device))
+        return grid.jitter() if self.jitter is True else grid
 
 
 class DiffFlowModel(_GridMixin, GenerativeModel):
@@ -151,8 +161,11 @@ class DiffFlowModel(_GridMixin, GenerativeModel):
         diffusion: :math:`g(t)` (a number or a :class:`~sdeflow.schedules.Schedule`), > 0.
         grid: A :class:`TimeGrid`, or with ``progressive`` a factory ``n -> TimeGrid``.
         prior: :math:`p_{prior}(x_N)`, a prior module (e.g. ``StandardNormal((2,))``).
-        jitter: Train on the jittered grid.
-        progressive: A :class:`ProgressiveSteps` schedule of :math:`N`.
+        jitter: Train on the jittered grid (:meth:`TimeGrid.jitter`), on the fixed grid
+            (``False``), or on grids drawn by a callable ``n -> TimeGrid`` (the official S-curve
+            recipe: ``functools.partial(TimeGrid.s_curve_random, t0=1e-3, t1=0.05)``).
+        progressive: A :class:`~sdeflow.training.StepsSchedule` of :math:`N`
+            (:class:`~sdeflow.training.ProgressiveSteps`, :class:`~sdeflow.training.SteppedSteps`).
         discretizer: The Gaussian step scheme (Euler–Maruyama by default).
         gradient: The :class:`~sdeflow.gradients.GradientStrategy` (``Backprop`` by default;
             ``StochasticAdjoint`` for activation memory flat in :math:`N`; ``Sharded(...)`` for
@@ -183,7 +196,7 @@ class DiffFlowModel(_GridMixin, GenerativeModel):
         grid: GridSpec,
         prior: nn.Module,
         *,
-        jitter: bool = True,
+        jitter: bool | Callable[[int], TimeGrid] = True,
         progressive: StepsSchedule | None = None,
         discretizer: Discretizer | None = None,
         gradient: GradientStrategy | None = None,
