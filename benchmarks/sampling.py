@@ -165,6 +165,7 @@ def main(argv: list[str] | None = None) -> dict:
                                                if device.type == "cuda" else platform.processor()
                                                or platform.machine()),
                      cpu_count=os.cpu_count(), torch_threads=torch.get_num_threads(),
+                     sdeflow=str(Path(sys.modules["sdeflow"].__file__).parent),
                      torch=torch.__version__),
         rows=rows,
     )
