@@ -15,6 +15,10 @@ it runs in a few minutes on two CPU cores, then writes to ``--out``:
 
 ``--model score`` (VP SDE + denoising score matching) and ``--model flow`` (g = 0, exact NLL)
 train the other two families from the same parts.
+
+``sdeflow evaluate RUN_DIR`` evaluates a run of ``examples/diffflow_cifar.py`` (see its
+``--help`` and :func:`sdeflow.evaluation.evaluate_run`): FID against the number of sampling
+steps, bits/dim with repeated dequantization, under ``torchrun`` too.
 """
 
 from __future__ import annotations
@@ -34,8 +38,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["main", "build_parser", "run_toy", "build_toy_model", "MODELS", "GRADIENTS",
-           "PAPER_2D_CONFIG"]
+__all__ = ["main", "build_parser", "run_toy", "run_evaluate", "build_toy_model", "MODELS",
+           "GRADIENTS", "PAPER_2D_CONFIG"]
 
 MODELS: tuple[str, ...] = ("diffflow", "score", "flow")
 
@@ -117,8 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
     toy.add_argument("--threads", type=_positive_int, default=None,
                      help="torch CPU threads (default: torch's choice; 1 is fastest on a busy "
                           "machine)")
+    toy.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default=None,
+                     help="autocast of the training loss (default: fp32; fp16 adds a gradient "
+                          "scaler)")
     toy.add_argument("--mixed-precision", action="store_true",
-                     help="bf16 autocast of the training loss on CUDA")
+                     help="deprecated: --precision bf16 on CUDA (ignored on the CPU)")
     toy.add_argument("--checkpoint-every", type=_positive_int, default=100,
                      help="steps between checkpoints (default: %(default)s)")
     toy.add_argument("--plot-every", type=_positive_int, default=None,
@@ -126,7 +133,107 @@ def build_parser() -> argparse.ArgumentParser:
     toy.add_argument("--log-every", type=_positive_int, default=10,
                      help="steps between metrics.jsonl records (default: %(default)s)")
     toy.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    _add_evaluate(commands)
     return parser
+
+
+_EVALUATE_HELP = """Evaluate a checkpoint of a run of examples/diffflow_cifar.py with its
+EMA weights and write RUN_DIR/eval/<step>/: eval.json; FID of --num-samples samples at each
+--steps N and --lam (1: the reverse SDE, 0: the probability-flow ODE, Euler steps on the run's
+grid) against the statistics of the training images (computed once, cached in RUN_DIR/eval/;
+--ref-stats for published ones); fid_vs_steps.md and .png, the FID-against-N table and plot;
+samples.png; bits/dim of the test set by the ELBO and by the ODE (Hutchinson) with
+--dequant-repeats dequantizations (mean and standard error). Samples are saved in chunks: an
+interrupted evaluation resumes where it stopped. Under torchrun each process draws its share:
+
+    torchrun --nproc_per_node 8 -m sdeflow evaluate runs/cifar-b --num-samples 50000
+"""
+
+
+def _add_evaluate(commands) -> None:
+    evaluate = commands.add_parser(
+        "evaluate", help="FID against N and bits/dim of a training run's checkpoint",
+        description=_EVALUATE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    evaluate.add_argument("run_dir", type=Path, metavar="RUN_DIR",
+                          help="the run folder (config.json, checkpoint.pt, checkpoints/)")
+    evaluate.add_argument("--checkpoint", default=None, metavar="PATH|STEP",
+                          help="a checkpoint file or a kept step (default: the last)")
+    evaluate.add_argument("--num-samples", type=_positive_int, default=50_000, metavar="K",
+                          help="samples per FID (default: %(default)s)")
+    evaluate.add_argument("--steps", type=_int_list, default=(5, 10, 20, 50, 100),
+                          metavar="N,N,...", help="sampling steps (default: 5,10,20,50,100)")
+    evaluate.add_argument("--lam", type=_float_list, default=(1.0, 0.0), metavar="L,L,...",
+                          help="noise scales: 1 the SDE, 0 the ODE (default: 1,0)")
+    evaluate.add_argument("--batch-size", type=_positive_int, default=500,
+                          help="samples per chunk (default: %(default)s)")
+    evaluate.add_argument("--feature-batch-size", type=_positive_int, default=200,
+                          help="images per Inception call (default: %(default)s)")
+    evaluate.add_argument("--ref-stats", type=Path, default=None, metavar="PATH.npz",
+                          help="reference statistics (mu, sigma), e.g. published CIFAR-10 ones")
+    evaluate.add_argument("--ref-split", choices=("train", "test"), default="train",
+                          help="the split whose statistics FID compares with (default: train)")
+    evaluate.add_argument("--no-fid", action="store_true", help="skip FID")
+    evaluate.add_argument("--no-bpd", action="store_true", help="skip bits/dim")
+    evaluate.add_argument("--bpd-images", type=_positive_int, default=None,
+                          help="evaluate the first this many test images (default: all)")
+    evaluate.add_argument("--bpd-batch-size", type=_positive_int, default=100)
+    evaluate.add_argument("--dequant-repeats", type=_positive_int, default=1, metavar="R",
+                          help="dequantizations of each test image (default: %(default)s)")
+    evaluate.add_argument("--probes", type=_positive_int, default=1,
+                          help="Hutchinson probes per image (default: %(default)s)")
+    evaluate.add_argument("--ode-tol", type=_positive_float, default=1e-5,
+                          help="dopri5 rtol = atol (default: %(default)s)")
+    evaluate.add_argument("--data-dir", type=Path, default=None,
+                          help="the data folder (default: the run's)")
+    evaluate.add_argument("--out", type=Path, default=None,
+                          help="output folder (default: RUN_DIR/eval/<step>)")
+    evaluate.add_argument("--device", type=_device, default=None,
+                          help="cpu, cuda or cuda:N (default: cuda when available)")
+    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--threads", type=_positive_int, default=None,
+                          help="torch CPU threads")
+    evaluate.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=None,
+                          help="eval/ scalars in RUN_DIR/tensorboard (default: when installed)")
+    evaluate.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be comma-separated integers, got {text!r}"
+                                         ) from None
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"must be integers >= 1, got {text!r}")
+    return values
+
+
+def _float_list(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be comma-separated numbers, got {text!r}"
+                                         ) from None
+    if not values or any(not (math.isfinite(v) and v >= 0) for v in values):
+        raise argparse.ArgumentTypeError(f"must be finite numbers >= 0, got {text!r}")
+    return values
+
+
+def run_evaluate(args: argparse.Namespace) -> dict[str, Any]:
+    """``sdeflow evaluate``: :func:`sdeflow.evaluation.evaluate_run` with the parsed flags."""
+    from sdeflow.evaluation import evaluate_run
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    return evaluate_run(
+        args.run_dir, checkpoint=args.checkpoint, num_samples=args.num_samples,
+        steps=args.steps, lams=args.lam, batch_size=args.batch_size,
+        feature_batch_size=args.feature_batch_size, fid=not args.no_fid,
+        ref_stats=args.ref_stats, ref_split=args.ref_split, bpd=not args.no_bpd,
+        bpd_images=args.bpd_images, bpd_batch_size=args.bpd_batch_size,
+        dequant_repeats=args.dequant_repeats, probes=args.probes, ode_tol=args.ode_tol,
+        data_dir=args.data_dir, out_dir=args.out, device=args.device, seed=args.seed,
+        progress=not args.no_progress, tensorboard=args.tensorboard)
 
 
 def _per_model(key: str) -> str:
@@ -156,6 +263,14 @@ def _device(text: str) -> str:
     if device.type not in ("cpu", "cuda"):
         raise argparse.ArgumentTypeError(f"must be cpu, cuda or cuda:N, got {text!r}")
     return text
+
+
+def _precision(args: argparse.Namespace) -> str:
+    """``--precision``, or what the deprecated ``--mixed-precision`` always meant."""
+    if args.precision is not None:
+        return args.precision
+    cuda = (args.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
+    return "bf16" if args.mixed_precision and cuda else "fp32"
 
 
 def seed_everything(seed: int) -> None:
@@ -276,7 +391,7 @@ def run_toy(args: argparse.Namespace) -> dict[str, Any]:
     raw_test = pre.inverse(test)
     trainer = Trainer(
         model, data, steps=args.steps, lr=lr, lr_gamma=0.95, grad_clip=1.0, ema_decay=0.999,
-        mixed_precision=args.mixed_precision, device=args.device, out_dir=out,
+        precision=_precision(args), device=args.device, out_dir=out,
         checkpoint_every=args.checkpoint_every, log_every=args.log_every,
         plot_every=args.plot_every, progress=not args.no_progress, config=config,
         plot_fn=lambda m, path: plotting.plot_samples_2d(
@@ -360,4 +475,11 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"standardized), {metrics['nll_elbo_nats']:.3f} ({metrics['elbo_kind']}); "
               f"train {metrics['train_time_s']:.0f} s, eval {metrics['eval_time_s']:.0f} s; "
               f"wrote {out}/", file=sys.stderr)
+    elif args.command == "evaluate":
+        try:
+            result = run_evaluate(args)
+        except (CheckpointError, FileNotFoundError, ValueError, RuntimeError) as err:
+            print(f"sdeflow evaluate: error: {err}", file=sys.stderr)
+            return 1
+        print(f"wrote {result['out_dir']}/eval.json", file=sys.stderr)
     return 0

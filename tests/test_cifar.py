@@ -51,10 +51,11 @@ def data_dir(tmp_path: Path) -> Path:
 
 
 def _argv(data_dir: Path, out: Path, *extra: str) -> list[str]:
-    # the generated archive is not CIFAR-10: its MD5 check is turned off explicitly
+    # the generated archive is not CIFAR-10: its MD5 check is turned off explicitly; FID (real
+    # Inception network, seconds per image on the CPU) is tested in tests/test_evaluate.py
     return ["--smoke", "--data-dir", str(data_dir), "--no-verify", "--no-download",
             "--out-dir", str(out), "--ramp-steps", "2", "--eval-size", "2", "--no-progress",
-            *extra]
+            "--fid-samples", "0", *extra]
 
 
 def _records(path: Path) -> list[dict]:
@@ -134,12 +135,15 @@ def test_bad_arguments(example, tmp_path: Path) -> None:
         example.parse_args(["--data-dir", str(tmp_path), "--ch-mult", "1,x"])
     with pytest.raises(SystemExit):
         example.parse_args(["--smoke", "--t0", "0.2", "--t1", "0.1"])
-    args = example.parse_args(["--data-dir", str(tmp_path)])  # the paper's configuration
-    assert (args.t1, args.g, args.batch_size, args.lr, args.ema, args.gradient) == \
-        (0.05, 1.0, 100, 2e-4, 0.999, "adjoint")
-    assert (args.drift_ch, args.score_ch, args.ch_mult, args.attn) == \
-        (128, 64, (1, 2, 2, 2), (16,))
-    assert (args.n_start, args.n_end, args.sample_steps) == (5, 75, 100)
+    args = example.parse_args(["--data-dir", str(tmp_path)])  # sdeflow's own preset
+    r = args.recipe
+    assert args.preset == "sdeflow-cifar"
+    assert (r["grid"]["t1"], r["process"]["g"], r["train"]["batch_size"], r["optimizer"]["lr"],
+            r["train"]["ema"], r["train"]["gradient"]) == (0.05, 1.0, 100, 2e-4, 0.999, "adjoint")
+    assert (r["drift"]["ch"], r["score"]["ch"], r["drift"]["ch_mult"],
+            r["drift"]["attn_resolutions"]) == (128, 64, [1, 2, 2, 2], [16])
+    assert (r["schedule"]["n_start"], r["schedule"]["n_end"], r["sample"]["steps"]) == \
+        (5, 75, 100)
 
 
 # -- GPU options: --channels-last and --compile ------------------------------------------------
@@ -171,7 +175,7 @@ def test_channels_last_batches_hold_the_same_values(example) -> None:
     batches = {}
     for channels_last in (False, True):
         torch.manual_seed(3)  # the dequantization and flip noise
-        source = example.CIFARBatches(TensorBatches(images, 4, seed=0),
+        source = example.ImageBatches(TensorBatches(images, 4, seed=0),
                                       channels_last=channels_last)
         batches[channels_last] = source.next_batch()
     assert batches[True].is_contiguous(memory_format=torch.channels_last)
