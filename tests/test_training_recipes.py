@@ -22,6 +22,7 @@ from sdeflow.training import (
     Trainer,
     load_checkpoint,
 )
+from sdeflow.training import precision as precision_module
 from sdeflow.training import trainer as trainer_module
 from sdeflow.training.checkpoint import kept_checkpoint_path, list_checkpoints
 from sdeflow.training.tensorboard import TensorBoardLog
@@ -103,7 +104,7 @@ class AutocastProbe(Quadratic):
 
 # -- precision -----------------------------------------------------------------------------------
 def test_fp16_runs_under_float16_autocast_on_the_cpu_or_is_refused():
-    if not trainer_module._autocast_supported("cpu", torch.float16):
+    if not precision_module.autocast_supported("cpu", torch.float16):
         with pytest.raises(ValueError, match="precision='fp16'"):
             Trainer(AutocastProbe(), TensorBatches(torch.randn(16, 2), 4), steps=1,
                     precision="fp16", device="cpu")
@@ -119,7 +120,7 @@ def test_fp16_runs_under_float16_autocast_on_the_cpu_or_is_refused():
 
 
 def test_unsupported_fp16_autocast_is_an_error_naming_precision(monkeypatch):
-    monkeypatch.setattr(trainer_module, "_autocast_supported", lambda device_type, dtype: False)
+    monkeypatch.setattr(precision_module, "autocast_supported", lambda device_type, dtype: False)
     with pytest.raises(ValueError, match="precision='fp16'.*float16 autocast on cpu"):
         Trainer(Quadratic(), TensorBatches(torch.randn(8, 2), 4), steps=1, precision="fp16",
                 device="cpu")

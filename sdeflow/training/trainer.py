@@ -13,16 +13,8 @@ for evaluating intermediate weights (:func:`~sdeflow.training.checkpoint.list_ch
 Non-finite losses or gradients stop training (``on_nonfinite="stop"``) with an error naming the
 step and the last good checkpoint, which is left untouched, or skip the step (``"skip"``).
 
-``precision="fp16"`` is the official DiffFlow recipes' automatic mixed precision: float16
-autocast and a :class:`torch.amp.GradScaler` (default settings, as there) that multiplies the
-loss by a scale :math:`s` before the backward pass, unscales the gradients before clipping, and
-skips the optimizer step when they hold an inf or NaN (halving :math:`s`; it doubles after 2000
-good steps). Such a step is the scaler finding its scale, not an error: whatever
-``on_nonfinite``, it is counted (:attr:`Trainer.scaler_skips`) and logged
-(``"scaler_skipped": true``), and like a skipped step it changes neither the weights nor the
-EMA (the official trainer updates its EMA anyway) while the LR schedule still advances. Only
-gradients that stay non-finite at every scale (:math:`s < 2^{-16}`) stop training. A
-non-finite loss is the forward pass's, which no scale changes: it follows ``on_nonfinite``.
+Precision (``"fp32"``, ``"bf16"``, ``"fp16"`` with a gradient scaler whose skipped steps are
+counted, not errors) is described in :mod:`sdeflow.training.precision`.
 
 Multi-process (DDP) training: pass ``distributed=init_distributed()`` (see
 :mod:`sdeflow.training.distributed`) and launch with ``torchrun``. The loss computation is wrapped
@@ -53,16 +45,13 @@ from sdeflow.training.batches import BatchSource
 from sdeflow.training.checkpoint import kept_checkpoint_path, load_checkpoint, save_checkpoint
 from sdeflow.training.distributed import DistributedContext
 from sdeflow.training.ema import EMA
+from sdeflow.training.precision import MIN_LOSS_SCALE, PRECISIONS, resolve_precision
 from sdeflow.training.rng import get_rng_state, set_rng_state
 from sdeflow.training.tensorboard import TensorBoardLog, tensorboard_available
 
 __all__ = ["Trainer", "NonFiniteError", "get_rng_state", "set_rng_state", "select_device"]
 
 _NONFINITE = ("stop", "skip")
-_PRECISIONS: dict[str, torch.dtype | None] = {
-    "fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-# below it the gradients are non-finite whatever the scale: a divergence, not an fp16 overflow
-_MIN_LOSS_SCALE = 2.0**-16
 CHECKPOINT_FORMAT = 1
 
 
@@ -196,8 +185,8 @@ class Trainer:
                             ("lr_step_size", lr_step_size), ("keep_every", keep_every)):
             if value is not None:
                 _check_int(name, value, 1)
-        if precision not in _PRECISIONS:
-            raise ValueError(f"precision must be one of {tuple(_PRECISIONS)}, got {precision!r}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, got {precision!r}")
         if out_dir is None and keep_every is not None:
             raise ValueError("keep_every needs an out_dir to keep checkpoints in")
         if tensorboard and out_dir is None:
@@ -229,8 +218,8 @@ class Trainer:
         self.rank, self.world_size = rank, world_size
         self.grad_clip, self.on_nonfinite = grad_clip, on_nonfinite
         self.max_consecutive_skips = max_consecutive_skips
-        self.precision = _resolve_precision(precision, mixed_precision, self.device)
-        self.autocast_dtype = _PRECISIONS[self.precision]
+        self.precision = resolve_precision(precision, mixed_precision, self.device)
+        self.autocast_dtype = PRECISIONS[self.precision]
         self.amp = self.autocast_dtype is not None  # whether the loss runs under autocast
         # the official recipes' scaler: default settings, fp16 only (bf16 has fp32's range)
         self.scaler = (torch.amp.GradScaler(self.device.type) if self.precision == "fp16"
@@ -453,7 +442,7 @@ class Trainer:
             if not updated:
                 self.optimizer.zero_grad(set_to_none=True)
                 scaled["scaler_skipped"] = True
-                if self.scaler.get_scale() < _MIN_LOSS_SCALE:
+                if self.scaler.get_scale() < MIN_LOSS_SCALE:
                     self._stop_nonfinite(step, f"non-finite gradient norm ({float(grad_norm)}) "
                                                f"at every loss scale down to {loss_scale:g}")
         if updated:
@@ -605,36 +594,6 @@ class Trainer:
             else:
                 log.flush()
         return path
-
-
-def _resolve_precision(precision: str, mixed_precision: bool | None,
-                       device: torch.device) -> str:
-    """The precision to train in, from ``precision`` and the deprecated ``mixed_precision``."""
-    if mixed_precision is not None:
-        warnings.warn("Trainer(mixed_precision=...) is deprecated; pass precision='bf16' (or "
-                      "'fp16', 'fp32') instead", DeprecationWarning, stacklevel=3)
-        if precision != "fp32":
-            raise ValueError(f"pass precision alone, without the deprecated mixed_precision "
-                             f"(got precision={precision!r}, mixed_precision={mixed_precision!r})")
-        # what mixed_precision=True always meant: bf16 autocast on CUDA, ignored on the CPU
-        precision = "bf16" if mixed_precision and device.type == "cuda" else "fp32"
-    dtype = _PRECISIONS[precision]
-    if dtype is not None and not _autocast_supported(device.type, dtype):
-        raise ValueError(f"precision={precision!r} needs {dtype} autocast on {device.type}, "
-                         f"which this torch ({torch.__version__}) does not support; choose "
-                         f"another precision or device")
-    return precision
-
-
-def _autocast_supported(device_type: str, dtype: torch.dtype) -> bool:
-    """Whether autocast to ``dtype`` works on ``device_type`` (torch warns and disables it
-    when the dtype is not supported there)."""
-    if not torch.amp.is_autocast_available(device_type):
-        return False
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        torch.autocast(device_type, dtype=dtype)
-    return not caught
 
 
 def _check_int(name: str, value: object, low: int) -> None:
