@@ -10,7 +10,6 @@ restricted unpickler that builds nothing but numpy arrays, lists, numbers and by
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import io
 import os
@@ -26,6 +25,8 @@ import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
+
+from sdeflow.data._files import md5
 
 from .digits import dequantize as _dequantize
 
@@ -58,14 +59,6 @@ _CLASSES = (
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
 )  # fmt: skip
 _DOWNLOAD_TIMEOUT_S = 15.0
-
-
-def _md5(path: Path) -> str:
-    digest = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _numpy_global(module: str, name: str) -> Any:
@@ -159,7 +152,7 @@ def _read_members(data_dir: Path, names: tuple[str, ...], verify: bool, download
             path = folder / name
             if not path.is_file():
                 raise FileNotFoundError(f"{path} is missing from the extracted CIFAR-10 folder")
-            if verify and _md5(path) != _MEMBER_MD5[name]:
+            if verify and md5(path) != _MEMBER_MD5[name]:
                 raise RuntimeError(
                     f"{path} fails its MD5 check (expected {_MEMBER_MD5[name]}): the file is "
                     f"corrupt or not CIFAR-10; replace it (or pass verify=False for a test copy)"
@@ -176,7 +169,7 @@ def _read_members(data_dir: Path, names: tuple[str, ...], verify: bool, download
                 _missing_message(data_dir, f"downloading it failed ({err})")
             ) from err
     if verify:
-        digest = _md5(archive)
+        digest = md5(archive)
         if digest != CIFAR10_MD5:
             raise RuntimeError(
                 f"{archive} fails its MD5 check (got {digest}, expected {CIFAR10_MD5}): the "

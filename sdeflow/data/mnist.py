@@ -11,7 +11,6 @@ followed by one ``uint32`` per dimension, and then the bytes of the array in row
 from __future__ import annotations
 
 import gzip
-import hashlib
 import math
 import os
 import struct
@@ -22,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
+
+from sdeflow.data._files import md5
 
 __all__ = ["MNIST_MD5", "MNIST_URL", "load_mnist", "write_tiny_mnist_archives"]
 
@@ -48,14 +49,6 @@ def _stems(train: bool) -> tuple[str, str]:
     return f"{split}-images-idx3-ubyte", f"{split}-labels-idx1-ubyte"
 
 
-def _md5(path: Path) -> str:
-    digest = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _find(root: Path, stem: str) -> Path:
     """``stem.gz`` (preferred) or ``stem`` in ``root`` or ``root/MNIST/raw``."""
     for folder in (root, root / "MNIST" / "raw"):
@@ -71,7 +64,7 @@ def _find(root: Path, stem: str) -> Path:
 
 def _read(path: Path, verify: bool) -> bytes:
     if verify:
-        digest, expected = _md5(path), MNIST_MD5[path.name]
+        digest, expected = md5(path), MNIST_MD5[path.name]
         if digest != expected:
             raise RuntimeError(
                 f"{path} fails its MD5 check (got {digest}, expected {expected}): the file is "

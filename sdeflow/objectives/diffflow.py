@@ -32,10 +32,14 @@ from sdeflow.gradients import Backprop, GradientStrategy
 from sdeflow.grids import TimeGrid
 from sdeflow.objectives.terms import ObjectiveTerms
 from sdeflow.priors import check_data
+from sdeflow.processes.base import SDE
 from sdeflow.processes.reverse import ReverseSDE
 from sdeflow.trajectories import check_positive_diffusion
 
 __all__ = ["DiffFlowObjective", "DiffFlowTerms"]
+
+#: What the objective reads from its reverse process (a ReverseSDE has them all).
+_REVERSE_INTERFACE = ("forward_sde", "score_value", "score_coefficient", "lam")
 
 
 @dataclass
@@ -215,8 +219,10 @@ class DiffFlowObjective(nn.Module):
         gradient: GradientStrategy | None = None,
     ) -> None:
         super().__init__()
-        if not isinstance(reverse, ReverseSDE):
-            raise TypeError(f"reverse must be a ReverseSDE, got {type(reverse).__name__}")
+        missing = [name for name in _REVERSE_INTERFACE if not hasattr(reverse, name)]
+        if not isinstance(reverse, SDE) or missing:
+            raise TypeError(f"reverse must be a reverse process (a ReverseSDE, or an SDE with "
+                            f"{', '.join(_REVERSE_INTERFACE)}), got {type(reverse).__name__}")
         if reverse.lam <= 0:
             raise ValueError(f"reverse.lam must be > 0 for a trajectory density, got {reverse.lam}")
         discretizer = discretizer or EulerMaruyama()
