@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from sdeflow import (
     SDE,
+    BackwardTrajectory,
     ConstantSchedule,
     DiffFlowObjective,
     EulerMaruyama,
@@ -197,3 +198,16 @@ def test_lam_zero_draws_no_noise_on_either_path():
         states.append(gen.get_state())
     assert torch.equal(states[0], states[1])
     assert torch.equal(states[0], torch.Generator().manual_seed(3).get_state())
+
+
+def test_constructors_draw_no_random_numbers_and_priors_are_accepted_alike():
+    """Building a BackwardTrajectory leaves the global RNG alone, and it takes a prior module as
+    the objectives and ``sample`` do; ``sample_shape`` may be an int."""
+    reverse = ReverseSDE(ForwardSDE(Net(0), 0.5), Net(1))
+    grid, prior = TimeGrid.uniform(3, 0.1, 0.5, dtype=F64), StandardNormal((2,), dtype=F64)
+    state = torch.get_rng_state()
+    p_b = BackwardTrajectory(reverse, prior, grid)
+    DiffFlowObjective(reverse, prior, grid)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert p_b.rsample(4).shape == (4, 4, 2)
+    assert sample(reverse, prior, grid, 4).shape == sample(reverse, prior, grid, (4,)).shape
