@@ -9,10 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
+from test_training import assert_equal_states, make_trainer, params_of, tiny_diffflow
 from torch import nn
 
 from sdeflow import StandardNormal, TimeGrid
-from sdeflow.data import load_toy
 from sdeflow.nets import FourierMLP
 from sdeflow.training import (
     EMA,
@@ -26,32 +27,6 @@ from sdeflow.training import precision as precision_module
 from sdeflow.training import trainer as trainer_module
 from sdeflow.training.checkpoint import kept_checkpoint_path, list_checkpoints
 from sdeflow.training.tensorboard import TensorBoardLog
-
-
-# -- helpers -------------------------------------------------------------------------------------
-def tiny_diffflow(seed: int = 0) -> DiffFlowModel:
-    torch.manual_seed(seed)
-    return DiffFlowModel(FourierMLP(2, 16, 1), FourierMLP(2, 16, 1), 0.2,
-                         TimeGrid.power(5, 1e-3, 0.05, 0.9), StandardNormal((2,)))
-
-
-def make_trainer(out: Path | None, steps: int, model: nn.Module | None = None,
-                 **kwargs) -> Trainer:
-    kwargs.setdefault("checkpoint_every", 3)
-    kwargs.setdefault("log_every", 1)
-    data = load_toy("checkerboard", 256, 8, seed=1)[0]
-    return Trainer(model or tiny_diffflow(), TensorBatches(data, 32, seed=2), steps=steps,
-                   lr=1e-2, out_dir=out, progress=False, **kwargs)
-
-
-def params_of(module: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in module.state_dict().items()}
-
-
-def assert_equal_states(a: dict, b: dict) -> None:
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
 
 
 def records_of(out: Path) -> list[dict]:
@@ -374,7 +349,7 @@ def test_training_grid_drawn_by_a_callable_jitter():
     step: ``jitter`` accepts such a callable, with a stepped N."""
     import functools
 
-    from sdeflow.training import DiffFlowModel, SteppedSteps
+    from sdeflow.training import SteppedSteps
 
     draw = functools.partial(TimeGrid.s_curve_random, t0=1e-3, t1=0.05)
     model = DiffFlowModel(FourierMLP(2, 8, 1), FourierMLP(2, 8, 1), 1.0,
