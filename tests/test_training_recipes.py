@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from test_training import assert_equal_states, make_trainer, params_of, tiny_diffflow
 from torch import nn
 
