@@ -1,5 +1,6 @@
 r"""Training: the :class:`Trainer` loop, the model families it trains, and its parts
-(EMA weights, atomic checkpoints, batch sources, a progressive number of time steps)."""
+(grouped options, EMA weights, atomic checkpoints, batch sources, a progressive number of time
+steps)."""
 
 from sdeflow.training.batches import BatchSource, TensorBatches
 from sdeflow.training.checkpoint import (
@@ -17,8 +18,10 @@ from sdeflow.training.distributed import (
     init_distributed,
 )
 from sdeflow.training.ema import EMA
+from sdeflow.training.interrupts import TrainingInterrupted
 from sdeflow.training.memory import retain_freed_memory
 from sdeflow.training.models import DiffFlowModel, FlowModel, GenerativeModel, ScoreModel
+from sdeflow.training.options import Checkpointing, EMAConfig, Logging, Optimization, Plots, step_lr
 from sdeflow.training.progressive import ProgressiveSteps, SteppedSteps, StepsSchedule
 from sdeflow.training.tensorboard import TensorBoardLog, tensorboard_available
 from sdeflow.training.trainer import NonFiniteError, Trainer, select_device
@@ -30,6 +33,13 @@ __all__ = [
     "init_distributed",
     "BatchSource",
     "CheckpointError",
+    "Checkpointing",
+    "EMAConfig",
+    "Logging",
+    "Optimization",
+    "Plots",
+    "TrainingInterrupted",
+    "step_lr",
     "DiffFlowModel",
     "EMA",
     "FlowModel",

@@ -43,6 +43,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset, Sampler
 
 __all__ = [
+    "select_device",
     "DistributedContext",
     "init_distributed",
     "LossModule",
@@ -220,6 +221,21 @@ class DistributedContext:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def select_device(device: str | torch.device | None = None) -> torch.device:
+    """``device``, or CUDA when available, else the CPU.
+
+    Example:
+        >>> select_device("cpu")
+        device(type='cpu')
+    """
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device} requested but CUDA is not available")
+    return device
 
 
 def _env_int(env: Mapping[str, str], name: str) -> int:

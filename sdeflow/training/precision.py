@@ -29,22 +29,15 @@ PRECISIONS: dict[str, torch.dtype | None] = {
 MIN_LOSS_SCALE = 2.0**-16
 
 
-def resolve_precision(precision: str, mixed_precision: bool | None,
-                       device: torch.device) -> str:
-    """The precision to train in, from ``precision`` and the deprecated ``mixed_precision``.
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``precision``, checked: a known name whose autocast ``device`` supports.
 
     Example:
-        >>> resolve_precision("fp16", None, torch.device("cpu"))
+        >>> resolve_precision("fp16", torch.device("cpu"))
         'fp16'
     """
-    if mixed_precision is not None:
-        warnings.warn("Trainer(mixed_precision=...) is deprecated; pass precision='bf16' (or "
-                      "'fp16', 'fp32') instead", DeprecationWarning, stacklevel=3)
-        if precision != "fp32":
-            raise ValueError(f"pass precision alone, without the deprecated mixed_precision "
-                             f"(got precision={precision!r}, mixed_precision={mixed_precision!r})")
-        # what mixed_precision=True always meant: bf16 autocast on CUDA, ignored on the CPU
-        precision = "bf16" if mixed_precision and device.type == "cuda" else "fp32"
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, got {precision!r}")
     dtype = PRECISIONS[precision]
     if dtype is not None and not autocast_supported(device.type, dtype):
         raise ValueError(f"precision={precision!r} needs {dtype} autocast on {device.type}, "
