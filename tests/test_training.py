@@ -3,14 +3,18 @@ EMA; progressive N; batch sources; the three model families."""
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import math
 import os
 import random
 import signal
+import struct
 import subprocess
 import sys
 import textwrap
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -18,24 +22,32 @@ import pytest
 import torch
 from torch import nn
 
+import sdeflow
 from sdeflow import VPSDE, StandardNormal, TimeGrid
 from sdeflow.data import load_toy
 from sdeflow.nets import FourierMLP
 from sdeflow.training import (
     EMA,
     CheckpointError,
+    Checkpointing,
     DiffFlowModel,
+    EMAConfig,
     FlowModel,
+    Logging,
     NonFiniteError,
+    Optimization,
+    Plots,
     ProgressiveSteps,
     ScoreModel,
     TensorBatches,
     Trainer,
     load_checkpoint,
     save_checkpoint,
+    step_lr,
     verify_checkpoint,
 )
 from sdeflow.training import checkpoint as checkpoint_module
+from sdeflow.training.distributed import DistributedContext
 from sdeflow.training.trainer import get_rng_state, set_rng_state
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,12 +64,18 @@ def tiny_data(seed: int = 1) -> torch.Tensor:
     return load_toy("checkerboard", 256, 8, seed=seed)[0]
 
 
-def make_trainer(out: Path | None, steps: int, model: nn.Module | None = None,
+def make_trainer(out: Path | None, steps: int, model: nn.Module | None = None, *,
+                 checkpoint_every: int | None = 3, keep_every: int | None = None,
+                 seconds: float | None = None, tensorboard: bool | None = None,
                  **kwargs) -> Trainer:
-    kwargs.setdefault("checkpoint_every", 3)
-    kwargs.setdefault("log_every", 1)
+    """A tiny DiffFlow run: checkpoints by step count only (by default none by time), every
+    step logged."""
+    kwargs.setdefault("optimization", Optimization(lr=1e-2))
     return Trainer(model or tiny_diffflow(), TensorBatches(tiny_data(), 32, seed=2),
-                   steps=steps, lr=1e-2, out_dir=out, progress=False, **kwargs)
+                   steps=steps, out_dir=out,
+                   checkpointing=Checkpointing(every=checkpoint_every, seconds=seconds,
+                                               keep_every=keep_every),
+                   logging=Logging(every=1, progress=False, tensorboard=tensorboard), **kwargs)
 
 
 def params_of(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -146,34 +164,124 @@ def test_checkpoint_failure_during_write_keeps_old(tmp_path, monkeypatch, failin
     monkeypatch.undo()
     assert path.read_bytes() == old_bytes
     assert load_checkpoint(path)["version"] == 1
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.pt"]  # no temp file left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.json", "c.pt"]  # no temp file left
+
+
+def test_checkpoint_is_a_plain_torch_file_with_a_json_sidecar(tmp_path):
+    state = {"w": torch.randn(5, dtype=torch.float64), "step": 12, "rng": get_rng_state()}
+    path = save_checkpoint(state, tmp_path / "c.pt")
+    plain = torch.load(path, weights_only=True)  # no sdeflow code involved
+    assert torch.equal(plain["w"], state["w"]) and plain["step"] == 12
+    side = json.loads((tmp_path / "c.json").read_text())
+    data = path.read_bytes()
+    assert side["format"] == 2 and side["step"] == 12 and side["size"] == len(data)
+    assert side["sha256"] == hashlib.sha256(data).hexdigest()
+    assert side["sdeflow"] == sdeflow.__version__ and side["time"].endswith("+00:00")
+    # a trainer's checkpoint too
+    trainer = make_trainer(tmp_path / "run", 2).fit()
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert state["step"] == 2 and state["model"].keys() == trainer.model.state_dict().keys()
+    assert json.loads((tmp_path / "run" / "checkpoint.json").read_text())["step"] == 2
+
+
+def _flip(data: bytes, position: int) -> bytes:
+    flipped = bytearray(data)
+    flipped[position] ^= 0x01
+    return bytes(flipped)
+
+
+def _data_offset(data: bytes, member_suffix: str) -> int:
+    """Where the stored bytes of the zip member ending in ``member_suffix`` start."""
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        (info,) = [i for i in archive.infolist() if i.filename.endswith(member_suffix)]
+    header = data[info.header_offset:info.header_offset + 30]
+    name_len, extra_len = struct.unpack("<HH", header[26:30])
+    return info.header_offset + 30 + name_len + extra_len
 
 
 def test_checkpoint_truncated_corrupt_and_foreign_files_are_named(tmp_path):
-    path = save_checkpoint({"w": torch.arange(100.0)}, tmp_path / "c.pt")
+    path = save_checkpoint({"w": torch.arange(1000.0), "step": 3}, tmp_path / "c.pt")
     data = path.read_bytes()
+    sidecar = (tmp_path / "c.json").read_bytes()
 
-    path.write_bytes(data[: len(data) - 10])
-    with pytest.raises(CheckpointError, match="truncated") as err:
-        load_checkpoint(path)
-    assert str(path) in str(err.value)
-
-    path.write_bytes(data[:20])
-    with pytest.raises(CheckpointError, match="truncated"):
+    for cut in (len(data) - 10, len(data) // 2, 20, 2):
+        path.write_bytes(data[:cut])
+        with pytest.raises(CheckpointError, match="truncated") as err:
+            load_checkpoint(path)
+        assert str(path) in str(err.value)
+    path.write_bytes(b"")
+    with pytest.raises(CheckpointError, match="is empty"):
         verify_checkpoint(path)
 
-    corrupt = bytearray(data)
-    corrupt[-5] ^= 0xFF
-    path.write_bytes(bytes(corrupt))
-    with pytest.raises(CheckpointError, match="checksum") as err:
+    # a flipped byte in the middle of the stored tensor: torch.load alone would return the
+    # changed numbers; the member's CRC-32 catches it, with or without the sidecar
+    middle = _data_offset(data, "data/0") + 2000
+    corrupt = _flip(data, middle)
+    assert not torch.equal(torch.load(io.BytesIO(corrupt), weights_only=True)["w"],
+                           torch.arange(1000.0))
+    for with_sidecar in (True, False):
+        path.write_bytes(corrupt)
+        if not with_sidecar:
+            (tmp_path / "c.json").unlink()
+        with pytest.raises(CheckpointError, match="corrupt: CRC-32 mismatch") as err:
+            load_checkpoint(path)
+        assert str(path) in str(err.value)
+    # a flipped byte that no CRC covers (the zip's padding): the sidecar's SHA-256 catches it
+    (tmp_path / "c.json").write_bytes(sidecar)
+    padding = _data_offset(data, "data.pkl") - 1
+    path.write_bytes(_flip(data, padding))
+    with pytest.raises(CheckpointError, match="SHA-256 checksum mismatch with its sidecar"):
         load_checkpoint(path)
-    assert str(path) in str(err.value)
+    path.write_bytes(data + b"\0")  # padded: the sidecar's size disagrees (or the zip breaks)
+    with pytest.raises(CheckpointError, match=str(path)):
+        load_checkpoint(path)
 
-    torch.save({"w": 1}, path)  # a plain torch file, not ours
+    path.write_bytes(b"not a checkpoint at all")
     with pytest.raises(CheckpointError, match="not an sdeflow checkpoint"):
         load_checkpoint(path)
     with pytest.raises(CheckpointError, match="does not exist"):
         load_checkpoint(tmp_path / "missing.pt")
+    path.write_bytes(data)
+    assert load_checkpoint(path)["step"] == 3
+
+
+def test_a_stale_sidecar_of_another_step_is_ignored(tmp_path):
+    """A crash between the two renames leaves a new .pt beside the previous step's sidecar."""
+    path = save_checkpoint({"w": torch.zeros(3), "step": 4}, tmp_path / "c.pt")
+    old_sidecar = (tmp_path / "c.json").read_bytes()
+    save_checkpoint({"w": torch.ones(3), "step": 6}, path)
+    (tmp_path / "c.json").write_bytes(old_sidecar)
+    assert load_checkpoint(path)["step"] == 6
+    verify_checkpoint(path)
+
+
+def _first_format(state: dict, path: Path) -> None:
+    """A file of the first format (header, then the payload), as sdeflow 0.1 wrote it."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    payload = buffer.getvalue()
+    header = struct.pack("<16sQ32s", b"SDEFLOW-CKPT-v1\n", len(payload),
+                         hashlib.sha256(payload).digest())
+    path.write_bytes(header + payload)
+
+
+def test_first_format_checkpoints_still_load_and_are_checked(tmp_path):
+    trainer = make_trainer(tmp_path / "new", 3).fit()
+    old_run = tmp_path / "old"
+    old_run.mkdir()
+    _first_format(trainer.state_dict(), old_run / "checkpoint.pt")
+    verify_checkpoint(old_run / "checkpoint.pt")
+    data = (old_run / "checkpoint.pt").read_bytes()
+    resumed = make_trainer(old_run, 6, model=tiny_diffflow(seed=4)).fit(resume=True)
+    full = make_trainer(tmp_path / "full", 6).fit()
+    assert_equal_states(params_of(full.model), params_of(resumed.model))
+    (old_run / "checkpoint.pt").write_bytes(data[:-7])
+    with pytest.raises(CheckpointError, match="truncated or padded"):
+        load_checkpoint(old_run / "checkpoint.pt")
+    _first_format({"step": 1}, old_run / "x.pt")
+    (old_run / "x.pt").write_bytes(_flip((old_run / "x.pt").read_bytes(), 80))
+    with pytest.raises(CheckpointError, match="SHA-256 checksum mismatch"):
+        load_checkpoint(old_run / "x.pt")
 
 
 def test_resume_from_corrupt_checkpoint_raises_naming_it(tmp_path):
@@ -287,7 +395,7 @@ def test_plotting_does_not_change_the_training_stream(tmp_path):
         Path(path).write_bytes(b"png")
 
     plain = make_trainer(None, 4).fit()
-    plotted = make_trainer(tmp_path, 4, plot_every=2, plot_fn=plot_fn).fit()
+    plotted = make_trainer(tmp_path, 4, plots=Plots(every=2, fn=plot_fn)).fit()
     assert [p.name for p in calls] == ["step_000002.png", "step_000004.png"]
     assert_equal_states(params_of(plain.model), params_of(plotted.model))
 
@@ -311,7 +419,8 @@ def test_nonfinite_stops_names_step_and_keeps_checkpoint(tmp_path, kind):
 
     model = ScriptedLoss(bad_steps={5}, kind=kind)
     trainer = Trainer(model, TensorBatches(torch.randn(64, 2), 8), steps=10, out_dir=tmp_path,
-                      checkpoint_every=2, progress=False, callbacks=[snapshot])
+                      checkpointing=Checkpointing(every=2, seconds=None),
+                      logging=Logging(progress=False), callbacks=[snapshot])
     with pytest.raises(NonFiniteError) as err:
         trainer.fit()
     message = str(err.value)
@@ -326,7 +435,7 @@ def test_nonfinite_stops_names_step_and_keeps_checkpoint(tmp_path, kind):
 
 def test_nonfinite_before_any_checkpoint_says_so(tmp_path):
     trainer = Trainer(ScriptedLoss({1}), TensorBatches(torch.randn(16, 2), 4), steps=3,
-                      out_dir=tmp_path, progress=False)
+                      out_dir=tmp_path, logging=Logging(progress=False))
     with pytest.raises(NonFiniteError, match="step 1.*no checkpoint was written yet"):
         trainer.fit()
     assert not (tmp_path / "checkpoint.pt").exists()
@@ -336,8 +445,9 @@ def test_nonfinite_before_any_checkpoint_says_so(tmp_path):
 def test_skip_mode_skips_the_step(tmp_path, kind):
     seen = {}
     model = ScriptedLoss(bad_steps={3}, kind=kind)
-    trainer = Trainer(model, TensorBatches(torch.randn(64, 2) + 1, 8), steps=6, lr=0.1,
-                      out_dir=tmp_path, progress=False, on_nonfinite="skip", ema_decay=0.9,
+    trainer = Trainer(model, TensorBatches(torch.randn(64, 2) + 1, 8), steps=6,
+                      optimization=Optimization(lr=0.1), out_dir=tmp_path,
+                      logging=Logging(progress=False), on_nonfinite="skip", ema=EMAConfig(0.9),
                       callbacks=[lambda t, s, r: seen.setdefault(s, (model.w.detach().clone(),
                                                                     t.ema.n_updates))])
     trainer.fit()
@@ -351,7 +461,8 @@ def test_skip_mode_skips_the_step(tmp_path, kind):
 
 def test_skip_mode_gives_up_after_too_many_consecutive_skips():
     trainer = Trainer(ScriptedLoss({"all"}), TensorBatches(torch.randn(16, 2), 4), steps=50,
-                      progress=False, on_nonfinite="skip", max_consecutive_skips=3)
+                      logging=Logging(progress=False), on_nonfinite="skip")
+    trainer.max_consecutive_skips = 3
     with pytest.raises(NonFiniteError, match="4 consecutive non-finite steps skipped at step 4"):
         trainer.fit()
 
@@ -494,18 +605,97 @@ def test_trainer_rejects_bad_arguments():
         Trainer(nn.Linear(2, 2), data, steps=1)
     with pytest.raises(ValueError, match="steps"):
         Trainer(ScriptedLoss(), data, steps=0)
-    with pytest.raises(ValueError, match="rank"):
-        Trainer(ScriptedLoss(), data, steps=1, rank=1, world_size=1)
+    with pytest.raises(ValueError, match="distributed: need 0 <= rank < world_size"):
+        Trainer(ScriptedLoss(), data, steps=1, distributed=DistributedContext(rank=1))
+    with pytest.raises(TypeError, match="distributed must be a DistributedContext"):
+        Trainer(ScriptedLoss(), data, steps=1, distributed=1)
+    with pytest.raises(TypeError, match="optimization must be a Optimization or None"):
+        Trainer(ScriptedLoss(), data, steps=1, optimization={"lr": 0.1})
+    with pytest.raises(TypeError, match="checkpointing must be a Checkpointing"):
+        Trainer(ScriptedLoss(), data, steps=1, checkpointing=10)
+    for name in ("ema", "logging", "plots"):
+        with pytest.raises(TypeError, match=f"^{name} must be a "):
+            Trainer(ScriptedLoss(), data, steps=1, **{name: 1})
+    with pytest.raises(ValueError, match="checkpointing.keep_every needs an out_dir"):
+        Trainer(ScriptedLoss(), data, steps=1, checkpointing=Checkpointing(keep_every=2))
+    with pytest.raises(ValueError, match="logging.tensorboard=True needs an out_dir"):
+        Trainer(ScriptedLoss(), data, steps=1, logging=Logging(tensorboard=True))
+
+
+@pytest.mark.parametrize(("build", "error", "match"), [
+    (lambda: Optimization(lr=0), ValueError, r"Optimization\.lr must be a finite number > 0"),
+    (lambda: Optimization(lr=float("nan")), ValueError, r"Optimization\.lr must be"),
+    (lambda: Optimization(optimizer="adam"), TypeError,
+     r"Optimization\.optimizer must be a factory params -> Optimizer"),
+    (lambda: Optimization(scheduler=0.95), TypeError,
+     r"Optimization\.scheduler must be a factory optimizer -> LR scheduler"),
+    (lambda: Optimization(grad_clip=-1.0), ValueError,
+     r"Optimization\.grad_clip must be a finite number > 0 or None, got -1\.0"),
+    (lambda: EMAConfig(decay=1.0), ValueError, r"EMAConfig\.decay must be a number in \[0, 1\)"),
+    (lambda: EMAConfig(warmup="yes"), TypeError, r"EMAConfig\.warmup must be a bool"),
+    (lambda: EMAConfig(start=-1), ValueError, r"EMAConfig\.start must be an integer >= 0"),
+    (lambda: Checkpointing(every=0), ValueError,
+     r"Checkpointing\.every must be an integer >= 1 or None, got 0"),
+    (lambda: Checkpointing(seconds=0), ValueError,
+     r"Checkpointing\.seconds must be a finite number > 0 or None"),
+    (lambda: Checkpointing(keep_every=2.5), ValueError,
+     r"Checkpointing\.keep_every must be an integer >= 1 or None"),
+    (lambda: Checkpointing(name="ckpt.json"), ValueError,
+     r"Checkpointing\.name must be a plain file name ending in \.pt"),
+    (lambda: Logging(every=0), ValueError, r"Logging\.every must be an integer >= 1, got 0"),
+    (lambda: Logging(progress=None), TypeError, r"Logging\.progress must be a bool"),
+    (lambda: Logging(tensorboard="on"), TypeError, r"Logging\.tensorboard must be a bool or None"),
+    (lambda: Plots(every=-2), ValueError, r"Plots\.every must be an integer >= 1 or None"),
+    (lambda: Plots(fn="plot.png"), TypeError, r"Plots\.fn must be a function"),
+    (lambda: step_lr(0, 0.95), ValueError, r"step_lr: step_size must be an integer >= 1"),
+    (lambda: step_lr(10, 0.0), ValueError, r"step_lr: gamma must be a finite number > 0"),
+])
+def test_option_errors_name_the_field(build, error, match):
+    with pytest.raises(error, match=match):
+        build()
+
+
+def test_options_are_frozen_and_picklable():
+    import pickle
+
+    opt = Optimization(lr=0.5, scheduler=step_lr(3, 0.5))
+    with pytest.raises(AttributeError):
+        opt.lr = 1.0
+    again = pickle.loads(pickle.dumps(opt))
+    assert again.lr == 0.5
+    optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=again.lr)
+    schedule = again.scheduler(optimizer)
+    assert isinstance(schedule, torch.optim.lr_scheduler.StepLR)
+    assert (schedule.step_size, schedule.gamma) == (3, 0.5)
+
+
+class _OtherRank(DistributedContext):
+    """Rank 1 of 2 without a process group (the trainer sees no DDP, only its rank)."""
+
+    @property
+    def enabled(self) -> bool:
+        return False
 
 
 def test_non_main_rank_writes_nothing(tmp_path):
-    trainer = make_trainer(tmp_path, 3, rank=1, world_size=2)
+    trainer = make_trainer(tmp_path, 3, distributed=_OtherRank(rank=1, world_size=2))
+    assert (trainer.rank, trainer.world_size, trainer.is_main) == (1, 2, False)
     trainer.fit()
     assert list(tmp_path.iterdir()) == []
 
 
-def test_lr_schedule_is_steplr_over_30_epochs():
-    trainer = Trainer(ScriptedLoss(), TensorBatches(torch.randn(16, 2), 4), steps=60, lr=1.0,
-                      progress=False)
-    trainer.fit()
-    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(0.95**30)
+def test_default_lr_is_constant_and_step_lr_decays():
+    data = TensorBatches(torch.randn(16, 2), 4)
+    constant = Trainer(ScriptedLoss(), data, steps=60, optimization=Optimization(lr=1.0),
+                       logging=Logging(progress=False)).fit()
+    assert constant.scheduler is None and constant.optimizer.param_groups[0]["lr"] == 1.0
+    decayed = Trainer(ScriptedLoss(), TensorBatches(torch.randn(16, 2), 4), steps=60,
+                      optimization=Optimization(lr=1.0, scheduler=step_lr(2, 0.95)),
+                      logging=Logging(progress=False)).fit()
+    assert decayed.optimizer.param_groups[0]["lr"] == pytest.approx(0.95**30)
+
+
+def test_a_checkpoint_of_another_schedule_set_up_is_refused(tmp_path):
+    make_trainer(tmp_path, 1, optimization=Optimization(lr=1e-2, scheduler=step_lr(2, 0.9))).fit()
+    with pytest.raises(ValueError, match="LR schedule.*Optimization.scheduler"):
+        make_trainer(tmp_path, 2).fit(resume=True)
