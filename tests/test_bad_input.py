@@ -56,7 +56,10 @@ from sdeflow.testing import check_discretizer
 from sdeflow.training import (
     EMA,
     CheckpointError,
+    Checkpointing,
     DiffFlowModel,
+    Logging,
+    Optimization,
     ProgressiveSteps,
     TensorBatches,
     Trainer,
@@ -110,7 +113,7 @@ class _Mean(nn.Module):
 
 def _trainer(**kwargs) -> Trainer:
     kwargs.setdefault("steps", 2)
-    return Trainer(_Mean(), TensorBatches(_x(16), 4), progress=False, **kwargs)
+    return Trainer(_Mean(), TensorBatches(_x(16), 4), logging=Logging(progress=False), **kwargs)
 
 
 def _checkpoint(tmp: Path, damage: str) -> Path:
@@ -120,12 +123,12 @@ def _checkpoint(tmp: Path, damage: str) -> Path:
     bad = tmp / f"{damage}.pt"
     if damage == "truncated":
         bad.write_bytes(data[: len(data) // 2])
-    elif damage == "flipped":
+    elif damage == "flipped":  # a byte of the stored tensor
         flipped = bytearray(data)
-        flipped[-7] ^= 0x01
+        flipped[data.index(torch.arange(100.0).numpy().tobytes()) + 200] ^= 0x01
         bad.write_bytes(bytes(flipped))
     elif damage == "foreign":
-        torch.save({"w": torch.ones(2)}, bad)  # a plain torch.save file, no header
+        bad.write_bytes(b"#!/bin/sh\necho not a checkpoint\n")
     return bad
 
 
@@ -295,10 +298,10 @@ CASES = [
                  r"on_nonfinite must be one of \('stop', 'skip'\)", id="trainer-nonfinite"),
     pytest.param(lambda tmp: _trainer(steps=0), ValueError, r"steps must be an integer >= 1",
                  id="trainer-steps"),
-    pytest.param(lambda tmp: _trainer(grad_clip=0.0), ValueError, r"grad_clip must be > 0",
-                 id="trainer-clip"),
-    pytest.param(lambda tmp: _trainer(checkpoint_every=0), ValueError,
-                 r"checkpoint_every must be an integer >= 1", id="trainer-checkpoint-every"),
+    pytest.param(lambda tmp: _trainer(optimization=Optimization(grad_clip=0.0)), ValueError,
+                 r"Optimization.grad_clip must be a finite number > 0", id="trainer-clip"),
+    pytest.param(lambda tmp: _trainer(checkpointing=Checkpointing(every=0)), ValueError,
+                 r"Checkpointing.every must be an integer >= 1", id="trainer-checkpoint-every"),
     pytest.param(lambda tmp: Trainer(_Mean(), _x(16), steps=1), TypeError,
                  r"data must be a BatchSource", id="trainer-data"),
     pytest.param(lambda tmp: Trainer(nn.Linear(2, 2), TensorBatches(_x(16), 4), steps=1),
@@ -315,7 +318,7 @@ CASES = [
     pytest.param(lambda tmp: load_checkpoint(_checkpoint(tmp, "truncated")), CheckpointError,
                  r"checkpoint .*truncated\.pt is truncated", id="checkpoint-truncated"),
     pytest.param(lambda tmp: load_checkpoint(_checkpoint(tmp, "flipped")), CheckpointError,
-                 r"checkpoint .*flipped\.pt is corrupt: SHA-256", id="checkpoint-corrupt"),
+                 r"checkpoint .*flipped\.pt is corrupt: CRC-32", id="checkpoint-corrupt"),
     pytest.param(lambda tmp: load_checkpoint(_checkpoint(tmp, "foreign")), CheckpointError,
                  r"checkpoint .*foreign\.pt is not an sdeflow checkpoint",
                  id="checkpoint-foreign"),

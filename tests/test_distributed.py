@@ -19,7 +19,7 @@ from sdeflow import StandardNormal, TimeGrid
 from sdeflow.data import write_tiny_cifar10_archive
 from sdeflow.gradients import Backprop, StochasticAdjoint
 from sdeflow.nets import FourierMLP
-from sdeflow.training import Trainer
+from sdeflow.training import Checkpointing, Logging, Optimization, Trainer
 from sdeflow.training.batches import TensorBatches
 from sdeflow.training.distributed import (
     DistributedContext,
@@ -115,8 +115,9 @@ def _worker(out_dir: Path) -> None:
     trainer = Trainer(
         model, PoisonedBatches(TensorBatches(data, 4, seed=3, rank=ctx.rank,
                                              world_size=ctx.world_size), ctx.rank),
-        steps=STEPS, lr=1e-2, distributed=ctx, on_nonfinite="skip", out_dir=out_dir / "run",
-        log_every=1, checkpoint_every=1, progress=False,
+        steps=STEPS, optimization=Optimization(lr=1e-2), distributed=ctx, on_nonfinite="skip",
+        out_dir=out_dir / "run", logging=Logging(every=1, progress=False),
+        checkpointing=Checkpointing(every=1),  # and by time: a collective decision
         callbacks=[lambda tr, step, rec: local_losses.__setitem__(step, rec.get("loss"))])
     trainer.fit()
     record["trainer"] = {"final": [p.detach().clone() for p in model.parameters()],
@@ -130,8 +131,9 @@ def _worker(out_dir: Path) -> None:
         model = _model()
         trainer = Trainer(model, TensorBatches(data, 4, seed=3, rank=ctx.rank,
                                                world_size=ctx.world_size),
-                          steps=steps, lr=1e-2, distributed=ctx, out_dir=out,
-                          checkpoint_every=2, progress=False)
+                          steps=steps, optimization=Optimization(lr=1e-2), distributed=ctx,
+                          out_dir=out, checkpointing=Checkpointing(every=2),
+                          logging=Logging(progress=False))
         if resume:
             torch.manual_seed(999 + ctx.rank)  # the restarted process's own seed must not matter
         trainer.fit(resume=resume)

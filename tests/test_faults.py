@@ -41,8 +41,11 @@ from sdeflow.data import load_toy
 from sdeflow.nets import FourierMLP
 from sdeflow.training import (
     CheckpointError,
+    Checkpointing,
     DiffFlowModel,
+    Logging,
     NonFiniteError,
+    Optimization,
     TensorBatches,
     Trainer,
     load_checkpoint,
@@ -58,18 +61,21 @@ LAUNCH_TIMEOUT_S = 120
 
 
 # -- the training run (the same code in the worker and in the reference run) -------------------
-def build_trainer(out_dir: Path, steps: int = STEPS, *, rank: int = 0, world_size: int = 1,
+def build_trainer(out_dir: Path, steps: int = STEPS, *, distributed=None,
                   **kwargs) -> Trainer:
-    """A tiny DiffFlow toy run (global batch 64, sharded over ``world_size`` ranks)."""
+    """A tiny DiffFlow toy run (global batch 64, sharded over the ranks of ``distributed``),
+    checkpointed every ``EVERY`` steps (not by time: the kills expect exact steps)."""
     torch.set_num_threads(1)
     torch.manual_seed(0)
     model = DiffFlowModel(FourierMLP(2, 16, 1), FourierMLP(2, 16, 1), 0.2,
                           TimeGrid.power(5, 1e-3, 0.05, 0.9), StandardNormal((2,)))
     train = load_toy("8gaussians", 512, 4, seed=0)[0]
+    rank, world_size = (0, 1) if distributed is None else (distributed.rank,
+                                                           distributed.world_size)
     data = TensorBatches(train, 64 // world_size, seed=1, rank=rank, world_size=world_size)
-    kwargs.setdefault("checkpoint_every", EVERY)
-    return Trainer(model, data, steps=steps, lr=1e-2, out_dir=out_dir, log_every=1,
-                   progress=False, **kwargs)
+    return Trainer(model, data, steps=steps, optimization=Optimization(lr=1e-2),
+                   out_dir=out_dir, checkpointing=Checkpointing(every=EVERY, seconds=None),
+                   logging=Logging(every=1, progress=False), distributed=distributed, **kwargs)
 
 
 # -- the worker: fault injection and the training loop -----------------------------------------
@@ -108,24 +114,36 @@ class _HalfWriter:
 
 class _FaultyOs:
     """``os`` for :mod:`sdeflow.training.checkpoint`, hanging in the ``at``-th checkpoint write
-    of this process at ``mode``: ``partial-write``, ``before-replace`` or ``after-replace``."""
+    of this process at ``mode``: ``partial-write``, ``before-replace`` or ``after-replace`` (of
+    the ``.pt``; ``after-replace`` is before its JSON sidecar is written, which leaves the
+    previous checkpoint's sidecar beside the new file).
+
+    Each checkpoint opens two files, the ``.pt`` then its sidecar, so the ``at``-th checkpoint's
+    ``.pt`` is the ``2 at - 1``-th file opened."""
 
     def __init__(self, real, mode: str, at: int) -> None:
-        self.real, self.mode, self.at, self.writes = real, mode, at, 0
+        self.real, self.mode, self.at, self.opened = real, mode, at, 0
 
     def __getattr__(self, name):
         return getattr(self.real, name)
 
+    @property
+    def writing(self) -> tuple[str, int] | None:
+        """(mode, checkpoint number) while the ``.pt`` of a checkpoint is being written."""
+        return (self.mode, (self.opened + 1) // 2) if self.opened % 2 == 1 else None
+
     def fdopen(self, fd, *args, **kwargs):
         f = self.real.fdopen(fd, *args, **kwargs)
-        self.writes += 1
-        return _HalfWriter(f) if (self.mode, self.writes) == ("partial-write", self.at) else f
+        self.opened += 1
+        return _HalfWriter(f) if self.writing == ("partial-write", self.at) else f
 
     def replace(self, src, dst):
-        if (self.mode, self.writes) == ("before-replace", self.at):
+        if not str(dst).endswith(".pt"):
+            return self.real.replace(src, dst)
+        if self.writing == ("before-replace", self.at):
             _announce_and_hang("before-replace")
         self.real.replace(src, dst)
-        if (self.mode, self.writes) == ("after-replace", self.at):
+        if self.writing == ("after-replace", self.at):
             _announce_and_hang("after-replace")
 
 
@@ -301,27 +319,51 @@ def test_sigkill_at_random_moments_always_resumes_exactly(tmp_path):
 
 
 # -- damaged checkpoints ------------------------------------------------------------------------
+def _members(data: bytes) -> list[tuple[int, int]]:
+    """(start, end) of each zip member's stored bytes."""
+    import io
+    import struct
+    import zipfile
+
+    spans = []
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        for info in archive.infolist():
+            name_len, extra_len = struct.unpack(
+                "<HH", data[info.header_offset + 26:info.header_offset + 30])
+            start = info.header_offset + 30 + name_len + extra_len
+            spans.append((start, start + info.compress_size))
+    return spans
+
+
 def _damage(data: bytes, kind: str, rng: random.Random) -> bytes:
+    """A damaged copy of a checkpoint (a zip archive: members, then the central directory)."""
     if kind == "empty":
         return b""
-    if kind == "header-cut":
-        return data[: rng.randrange(1, 56)]
-    if kind == "payload-cut":
-        return data[: rng.randrange(57, len(data) - 1)]
+    if kind == "head-cut":
+        return data[: rng.randrange(1, 64)]
+    if kind == "body-cut":
+        return data[: rng.randrange(64, len(data) - 1)]
     if kind == "one-byte-short":
         return data[:-1]
     if kind == "appended":
         return data + b"\0"
+    spans = _members(data)
+    if kind == "flip-zip-magic":
+        position = rng.randrange(0, 4)
+    elif kind == "flip-data":  # inside a member's stored bytes: its CRC-32 catches it
+        start, end = max(spans, key=lambda span: span[1] - span[0])
+        position = rng.randrange(start, end)
+    elif kind == "flip-padding":  # the alignment padding before a member: only the SHA-256
+        position = spans[-1][0] - 1
+    else:  # the central directory at the end
+        position = rng.randrange(spans[-1][1], len(data))
     flipped = bytearray(data)
-    # header fields: magic (0-15), payload length (16-23), SHA-256 (24-55); then the payload
-    low, high = {"flip-magic": (0, 16), "flip-length": (16, 24), "flip-digest": (24, 56),
-                 "flip-payload": (56, len(data))}[kind]
-    flipped[rng.randrange(low, high)] ^= 1 << rng.randrange(8)
+    flipped[position] ^= 1 << rng.randrange(8)
     return bytes(flipped)
 
 
-DAMAGE = ["empty", "header-cut", "payload-cut", "one-byte-short", "appended", "flip-magic",
-          "flip-length", "flip-digest", "flip-payload", "flip-payload"]
+DAMAGE = ["empty", "head-cut", "body-cut", "one-byte-short", "appended", "flip-zip-magic",
+          "flip-data", "flip-data", "flip-padding", "flip-directory"]
 
 
 @pytest.fixture(scope="module")
@@ -338,6 +380,7 @@ def test_damaged_checkpoint_is_named_and_never_loaded(finished_run, tmp_path, in
     out.mkdir()
     ckpt = out / "checkpoint.pt"
     ckpt.write_bytes(_damage(data, DAMAGE[index], random.Random(index)))
+    (out / "checkpoint.json").write_bytes((finished_run / "checkpoint.json").read_bytes())
     trainer = build_trainer(out, steps=8)
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     with pytest.raises(CheckpointError) as err:
@@ -354,7 +397,8 @@ def test_a_good_checkpoint_survives_a_failed_overwrite(finished_run, tmp_path, m
     from sdeflow.training import checkpoint
 
     ckpt = tmp_path / "checkpoint.pt"
-    ckpt.write_bytes((finished_run / "checkpoint.pt").read_bytes())
+    for name in ("checkpoint.pt", "checkpoint.json"):
+        (tmp_path / name).write_bytes((finished_run / name).read_bytes())
 
     def full_disk(fd):
         raise OSError(28, "No space left on device")
@@ -364,7 +408,7 @@ def test_a_good_checkpoint_survives_a_failed_overwrite(finished_run, tmp_path, m
         save_checkpoint({"step": 99}, ckpt)
     monkeypatch.undo()
     assert load_checkpoint(ckpt)["step"] == 4
-    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]  # no temp file left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.json", "checkpoint.pt"]
 
 
 # -- non-finite steps in a real DiffFlow run ----------------------------------------------------
@@ -424,7 +468,8 @@ def test_nonfinite_skip_skips_one_bad_step_and_gives_up_on_a_broken_model(tmp_pa
     assert skipped["step"] == 5 and "non-finite gradient" in skipped["reason"]
 
     broken = build_trainer(tmp_path / "b", steps=50, on_nonfinite="skip",
-                           max_consecutive_skips=3, callbacks=[_poison("nan-weight", 5)])
+                           callbacks=[_poison("nan-weight", 5)])
+    broken.max_consecutive_skips = 3
     with pytest.raises(NonFiniteError, match="4 consecutive non-finite steps skipped at step 8"):
         broken.fit()
 
@@ -448,8 +493,8 @@ def ddp_worker(out_dir: Path) -> None:
             if attempt == 0 and ctx.rank == 1 and step == DDP_KILL_AT:
                 os.kill(os.getpid(), signal.SIGKILL)
 
-        trainer = build_trainer(out_dir / "run", steps=DDP_STEPS, rank=ctx.rank,
-                                world_size=ctx.world_size, distributed=ctx, callbacks=[callback])
+        trainer = build_trainer(out_dir / "run", steps=DDP_STEPS, distributed=ctx,
+                                callbacks=[callback])
         ctx.seed(1)  # after the model is built: different trajectory noise on each rank
         trainer.fit(resume=True)
         torch.save({"attempt": attempt, "step": trainer.step, **seen,

@@ -14,7 +14,7 @@ import torch
 from sdeflow import Backprop, DiffFlowObjective, ForwardSDE, ReverseSDE, StandardNormal, TimeGrid
 from sdeflow.gradients import StochasticAdjoint
 from sdeflow.nets import UNet
-from sdeflow.training import DiffFlowModel, TensorBatches, Trainer
+from sdeflow.training import DiffFlowModel, Logging, Optimization, TensorBatches, Trainer
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 gpu = [pytest.mark.gpu, needs_cuda]
@@ -62,8 +62,8 @@ def test_bf16_autocast_training_steps_are_finite() -> None:
     model = DiffFlowModel(_unet(0.1), _unet(0.1), 1.0, TimeGrid.power(6, 1e-4, 0.05, 0.9),
                           StandardNormal((3, 16, 16)))
     data = TensorBatches(torch.rand(32, 3, 16, 16) * 2 - 1, batch_size=8)
-    trainer = Trainer(model, data, steps=3, lr=2e-4, precision="bf16", device="cuda",
-                      progress=False)
+    trainer = Trainer(model, data, steps=3, optimization=Optimization(lr=2e-4),
+                      precision="bf16", device="cuda", logging=Logging(progress=False))
     assert trainer.amp
     before = [p.detach().clone() for p in model.parameters()]
     trainer.fit()

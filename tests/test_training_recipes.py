@@ -16,8 +16,13 @@ from sdeflow import StandardNormal, TimeGrid
 from sdeflow.nets import FourierMLP
 from sdeflow.training import (
     EMA,
+    Checkpointing,
     DiffFlowModel,
+    EMAConfig,
+    Logging,
     NonFiniteError,
+    Optimization,
+    Plots,
     TensorBatches,
     Trainer,
     load_checkpoint,
@@ -85,7 +90,7 @@ def test_fp16_runs_under_float16_autocast_on_the_cpu_or_is_refused():
         return
     probe = AutocastProbe()
     trainer = Trainer(probe, TensorBatches(torch.randn(16, 2), 4), steps=3, precision="fp16",
-                      device="cpu", progress=False)
+                      device="cpu", logging=Logging(progress=False))
     assert trainer.amp and trainer.scaler is not None
     trainer.fit()
     assert probe.seen == [(True, torch.float16)] * 3
@@ -100,17 +105,14 @@ def test_unsupported_fp16_autocast_is_an_error_naming_precision(monkeypatch):
                 device="cpu")
 
 
-def test_bf16_precision_and_the_deprecated_mixed_precision_alias():
+def test_bf16_precision_and_unknown_precisions():
     data = TensorBatches(torch.randn(16, 2), 4)
     probe = AutocastProbe()
-    Trainer(probe, data, steps=1, precision="bf16", device="cpu", progress=False).fit()
+    Trainer(probe, data, steps=1, precision="bf16", device="cpu",
+            logging=Logging(progress=False)).fit()
     assert probe.seen == [(True, torch.bfloat16)]
-    with pytest.warns(DeprecationWarning, match="precision="):
-        old = Trainer(Quadratic(), data, steps=1, mixed_precision=True, device="cpu")
-    # as before: bf16 on CUDA, ignored on the CPU
-    assert old.precision == "fp32" and not old.amp and old.scaler is None
-    with pytest.warns(DeprecationWarning), pytest.raises(ValueError, match="precision alone"):
-        Trainer(Quadratic(), data, steps=1, mixed_precision=True, precision="fp16")
+    with pytest.raises(TypeError, match="mixed_precision"):  # the removed alias
+        Trainer(Quadratic(), data, steps=1, mixed_precision=True)
     with pytest.raises(ValueError, match="precision must be one of"):
         Trainer(Quadratic(), data, steps=1, precision="float16")
     plain = Trainer(Quadratic(), data, steps=1)
@@ -121,9 +123,10 @@ def test_scaler_skipped_step_is_counted_and_logged_not_an_error(tmp_path):
     inner = Quadratic()
     model = NonFiniteGradAt(inner, bad_steps={3})
     seen = {}
-    trainer = Trainer(model, TensorBatches(torch.randn(64, 2) + 1, 8), steps=6, lr=0.1,
-                      precision="fp16", device="cpu", out_dir=tmp_path, progress=False,
-                      on_nonfinite="stop", ema_decay=0.9, log_every=10,
+    trainer = Trainer(model, TensorBatches(torch.randn(64, 2) + 1, 8), steps=6,
+                      optimization=Optimization(lr=0.1), precision="fp16", device="cpu",
+                      out_dir=tmp_path, logging=Logging(every=10, progress=False),
+                      on_nonfinite="stop", ema=EMAConfig(0.9),
                       callbacks=[lambda t, s, r: seen.setdefault(
                           s, (inner.w.detach().clone(), t.ema.n_updates, t.scaler.get_scale()))])
     trainer.fit()
@@ -141,8 +144,8 @@ def test_scaler_skipped_step_is_counted_and_logged_not_an_error(tmp_path):
 
 def test_gradients_nonfinite_at_every_loss_scale_stop_training():
     trainer = Trainer(NonFiniteGradAt(Quadratic(), {"all"}), TensorBatches(torch.randn(16, 2), 4),
-                      steps=100, precision="fp16", device="cpu", progress=False,
-                      on_nonfinite="skip")
+                      steps=100, precision="fp16", device="cpu",
+                      logging=Logging(progress=False), on_nonfinite="skip")
     with pytest.raises(NonFiniteError, match="every loss scale"):
         trainer.fit()
     assert trainer.step == 33 - 1  # 2^16 halved 33 times is below 2^-16 (stopped in step 33)
@@ -218,8 +221,9 @@ def test_trainer_ema_start_follows_the_official_semantics(tmp_path):
     model = Quadratic(torch.float64)
     weights = {}
     trainer = Trainer(model, TensorBatches(torch.randn(64, 2, dtype=torch.float64) + 2, 8),
-                      steps=7, lr=0.1, ema_decay=0.9, ema_start=3, ema_warmup=False,
-                      out_dir=tmp_path, checkpoint_every=2, progress=False,
+                      steps=7, optimization=Optimization(lr=0.1),
+                      ema=EMAConfig(decay=0.9, start=3, warmup=False), out_dir=tmp_path,
+                      checkpointing=Checkpointing(every=2), logging=Logging(progress=False),
                       callbacks=[lambda t, s, r: weights.setdefault(
                           s, (model.w.detach().clone(), t.eval_model.w.detach().clone()))])
     trainer.fit()
@@ -254,14 +258,15 @@ def test_kept_checkpoints_are_listed_by_step_and_resume_exactly(tmp_path):
 
 def test_recipe_arguments_are_checked(tmp_path):
     data = TensorBatches(torch.randn(8, 2), 4)
-    with pytest.raises(ValueError, match="keep_every"):
-        Trainer(Quadratic(), data, steps=1, out_dir=tmp_path, keep_every=0)
+    with pytest.raises(ValueError, match="Checkpointing.keep_every"):
+        Trainer(Quadratic(), data, steps=1, out_dir=tmp_path,
+                checkpointing=Checkpointing(keep_every=0))
     with pytest.raises(ValueError, match="keep_every needs an out_dir"):
-        Trainer(Quadratic(), data, steps=1, keep_every=2)
-    with pytest.raises(ValueError, match="ema_start"):
-        Trainer(Quadratic(), data, steps=1, ema_start=-1)
+        Trainer(Quadratic(), data, steps=1, checkpointing=Checkpointing(keep_every=2))
+    with pytest.raises(ValueError, match="EMAConfig.start"):
+        Trainer(Quadratic(), data, steps=1, ema=EMAConfig(start=-1))
     with pytest.raises(ValueError, match="tensorboard=True needs an out_dir"):
-        Trainer(Quadratic(), data, steps=1, tensorboard=True)
+        Trainer(Quadratic(), data, steps=1, logging=Logging(tensorboard=True))
 
 
 # -- TensorBoard ---------------------------------------------------------------------------------
@@ -282,7 +287,7 @@ def write_png(model, path):
 
 def test_tensorboard_scalars_and_sample_images(tmp_path):
     pytest.importorskip("tensorboard")
-    trainer = make_trainer(tmp_path, 4, plot_every=2, plot_fn=write_png)
+    trainer = make_trainer(tmp_path, 4, plots=Plots(every=2, fn=write_png))
     assert trainer.tensorboard  # on by default when the package is installed
     trainer.fit()
     events = read_events(tmp_path / "tensorboard")
