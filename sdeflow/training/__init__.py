@@ -19,7 +19,13 @@ from sdeflow.training.distributed import (
 from sdeflow.training.ema import EMA
 from sdeflow.training.memory import retain_freed_memory
 from sdeflow.training.models import DiffFlowModel, FlowModel, GenerativeModel, ScoreModel
-from sdeflow.training.progressive import ProgressiveSteps, SteppedSteps, StepsSchedule
+from sdeflow.training.progressive import (
+    STEPS_SCHEDULES,
+    FixedSteps,
+    ProgressiveSteps,
+    SteppedSteps,
+    StepsSchedule,
+)
 from sdeflow.training.tensorboard import TensorBoardLog, tensorboard_available
 from sdeflow.training.trainer import NonFiniteError, Trainer, select_device
 
@@ -32,10 +38,12 @@ __all__ = [
     "CheckpointError",
     "DiffFlowModel",
     "EMA",
+    "FixedSteps",
     "FlowModel",
     "GenerativeModel",
     "NonFiniteError",
     "ProgressiveSteps",
+    "STEPS_SCHEDULES",
     "ScoreModel",
     "SteppedSteps",
     "StepsSchedule",
