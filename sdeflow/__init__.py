@@ -4,7 +4,11 @@ normalizing flows in PyTorch.
 The parts: processes (:mod:`sdeflow.processes`), time grids (:class:`TimeGrid`), diffusion
 schedules (:mod:`sdeflow.schedules`), step schemes (:mod:`sdeflow.discretizers`), trajectory
 distributions (:class:`ForwardTrajectory`, :class:`BackwardTrajectory`), objectives
-(:mod:`sdeflow.objectives`) and gradient strategies (:mod:`sdeflow.gradients`).
+(:mod:`sdeflow.objectives`) and gradient strategies (:mod:`sdeflow.gradients`). Parts are chosen
+by name through one :class:`Registry` per kind (:data:`DISCRETIZERS`, :data:`GRADIENTS`,
+:data:`GRIDS`, :data:`LINEAR_SDES`; :data:`sdeflow.nets.NETS`,
+:data:`sdeflow.training.STEPS_SCHEDULES`, :data:`sdeflow.recipes.FAMILIES`), where a user
+registers a part of their own.
 
 This namespace holds the modelling parts only. The training stack (``Trainer``, the model
 families ``DiffFlowModel``, ``ScoreModel``, ``FlowModel``, ``EMA``, batch sources, schedules of
@@ -21,13 +25,14 @@ from sdeflow.discretizers import (
     register_discretizer,
 )
 from sdeflow.gradients import (
+    GRADIENTS,
     Backprop,
     Checkpointed,
     GradientStrategy,
     Sharded,
     StochasticAdjoint,
 )
-from sdeflow.grids import TimeGrid
+from sdeflow.grids import GRIDS, TimeGrid
 from sdeflow.likelihood import (
     LikelihoodResult,
     bits_per_dim,
@@ -45,6 +50,7 @@ from sdeflow.objectives import (
 )
 from sdeflow.priors import DiagonalNormal, StandardNormal
 from sdeflow.processes import (
+    LINEAR_SDES,
     SDE,
     VESDE,
     VPSDE,
@@ -55,6 +61,7 @@ from sdeflow.processes import (
     SubVPSDE,
     probability_flow,
 )
+from sdeflow.registry import Registry
 from sdeflow.sampling import sample
 from sdeflow.schedules import ConstantSchedule, LinearSchedule, Schedule, as_schedule
 from sdeflow.trajectories import BackwardTrajectory, ForwardTrajectory
@@ -63,6 +70,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DISCRETIZERS",
+    "GRADIENTS",
+    "GRIDS",
+    "LINEAR_SDES",
     "SDE",
     "VESDE",
     "VPSDE",
@@ -88,6 +98,7 @@ __all__ = [
     "ObjectiveTerms",
     "ScoreMatchingTerms",
     "LinearSchedule",
+    "Registry",
     "ReverseSDE",
     "Schedule",
     "Sharded",

@@ -1,15 +1,26 @@
 r"""Time grids :math:`t_0 < t_1 < \dots < t_N` on which SDEs are discretized.
 
 The grid is its own object, never welded onto a process: the same forward SDE can be trained on
-a jittered grid, evaluated on a fine one and sampled on a coarse one.
+a jittered grid, evaluated on a fine one and sampled on a coarse one. :data:`GRIDS` names the
+kinds a recipe chooses from, each with its random training grid.
+
+Example:
+    >>> GRIDS.names(), GRIDS.required("power")
+    (('power', 's_curve', 'uniform'), ('t0', 't1', 'exponent'))
+    >>> GRIDS.entry("s_curve").extras["random"] == TimeGrid.s_curve_random
+    True
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
-__all__ = ["TimeGrid"]
+from sdeflow.registry import Registry
+
+__all__ = ["TimeGrid", "GRIDS"]
 
 
 class TimeGrid:
@@ -216,40 +227,112 @@ class TimeGrid:
             5
         """
         _check_steps(n_steps, t0, t1)
-        if n_steps < 2:
-            raise ValueError(
-                f"n_steps must be >= 2 for the random S-curve grid (its base of n_steps times "
-                f"needs at least one gap to draw in), got {n_steps}"
-            )
-        if generator is not None and uniforms is not None:
-            raise ValueError("pass either generator or uniforms, not both")
-        if uniforms is not None:
-            uniforms = _check_uniforms(uniforms, n_steps - 1)
-        dtype = dtype or torch.get_default_dtype()
+        _random_base(n_steps, "S-curve", generator, uniforms)
         fixed = cls.s_curve(n_steps, t0, t1, dtype=torch.float64).ts
         positions = torch.arange(n_steps, dtype=torch.float64) * n_steps / (n_steps - 1)
         j = positions.floor().long().clamp(max=n_steps - 1)
         base = fixed[j] + (positions - j) * (fixed[j + 1] - fixed[j])
         base[0], base[-1] = fixed[0], fixed[-1]  # exactly: r_0 = T_0, r_{N-1} = T_N = t1
-        gap_lo, gap = base[:-1], base[1:] - base[:-1]
-        for _ in range(_MAX_REDRAWS):
-            if uniforms is None:
-                where = generator.device if generator is not None else "cpu"
-                u = torch.rand(n_steps - 1, generator=generator, dtype=torch.float64,
-                               device=where).cpu()
-            else:
-                u = uniforms
-            ts = torch.cat([base[:1], gap_lo + u * gap, base[-1:]]).to(dtype=dtype, device=device)
-            if (ts[1:] > ts[:-1]).all():
-                return cls(ts)
-            if uniforms is not None:
-                raise ValueError(
-                    f"uniforms put a time on the end of its gap: the times, in {dtype}, are not "
-                    f"strictly increasing (got {ts.tolist()})"
-                )
-        raise RuntimeError(  # pragma: no cover - probability below 1e-6 ** _MAX_REDRAWS
-            f"no strictly increasing random S-curve grid in {dtype} after {_MAX_REDRAWS} draws"
-        )
+        return cls(_draw_in_gaps(base, lambda v: v, generator, uniforms, dtype, device))
+
+    @classmethod
+    def power_random(
+        cls,
+        n_steps: int,
+        t0: float,
+        t1: float,
+        exponent: float,
+        *,
+        generator: torch.Generator | None = None,
+        uniforms: Tensor | None = None,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> TimeGrid:
+        r"""The official random power grid (``utils/scalars.py``, ``ExpTimer.rand()``): the grid
+        the official code trains on when its "cont" recipes (``cont_mnist.yaml``) draw a fresh
+        grid at every iteration (``modules/sde_loss.py``); :meth:`power` is its fixed grid.
+
+        In :math:`v = t^{p}` the official code lays :math:`N` base points (not :math:`N + 1`),
+        :math:`r_k = t_0^{p} + (t_1^{p} - t_0^{p})\, k / (N - 1)`, :math:`k = 0, \dots, N - 1`,
+        keeps both ends and draws one time uniformly in :math:`v` inside each of the
+        :math:`N - 1` gaps:
+
+        .. math:: t_0 = t_0, \qquad t_i = \left(r_{i-1} + u_i\,(r_i - r_{i-1})\right)^{1/p}
+            \ (i = 1, \dots, N - 1), \qquad t_N = t_1, \qquad u_i \sim U[0, 1).
+
+        So :math:`t_i^{p} \sim U[r_{i-1}, r_i]` and
+
+        .. math:: \mathbb{E}[t_i] = \frac{p}{p + 1}\,
+            \frac{r_i^{(p+1)/p} - r_{i-1}^{(p+1)/p}}{r_i - r_{i-1}}.
+
+        :math:`N + 1` times, :math:`N` steps, as :meth:`s_curve_random`. The official code
+        mirrors both its grids (:math:`t \mapsto t_0 + t_1 - t`) when :math:`p > 1`;
+        :meth:`power` does not, and neither does this, its random counterpart (the official
+        recipes use :math:`p \le 1`). Computed in float64, cast to ``dtype`` at the end; a draw
+        whose cast times are not strictly increasing is drawn again (see :meth:`s_curve_random`).
+
+        Arguments:
+            n_steps: :math:`N \ge 2`.
+            t0: The first time :math:`t_0 \ge 0`.
+            t1: The last time :math:`t_1 > t_0`.
+            exponent: :math:`p > 0`.
+            generator: The generator of the uniforms (torch's global one if ``None``).
+            uniforms: Instead of drawing them, :math:`u_1, \dots, u_{N-1} \in [0, 1)`,
+                shape ``(N - 1,)`` (the official ``torch.rand(N - 1)`` repeats its grid).
+            dtype: The dtype of the times (torch's default if ``None``).
+            device: The device of the times.
+
+        Example:
+            >>> g = TimeGrid.power_random(30, 1e-3, 0.1, 0.5, dtype=torch.float64,
+            ...                           generator=torch.Generator().manual_seed(0))
+            >>> g.n_steps, g.t0, g.t1, bool((g.dts > 0).all())
+            (30, 0.001, 0.1, True)
+            >>> u = torch.full((2,), 0.5, dtype=torch.float64)  # the midpoints in t^p
+            >>> TimeGrid.power_random(3, 0.0, 1.0, 0.5, uniforms=u, dtype=torch.float64).ts
+            tensor([0.0000, 0.0625, 0.5625, 1.0000], dtype=torch.float64)
+        """
+        _check_steps(n_steps, t0, t1)
+        if not exponent > 0:
+            raise ValueError(f"exponent must be > 0, got {exponent}")
+        if t0 < 0:
+            raise ValueError(f"t0 must be >= 0 for a power grid, got {t0}")
+        base = _random_base(n_steps, "power", generator, uniforms)
+        lo, hi = float(t0) ** exponent, float(t1) ** exponent
+        base = lo + (hi - lo) * base
+        base[0], base[-1] = lo, hi
+
+        def to_time(v: Tensor) -> Tensor:
+            ts = v ** (1.0 / exponent)
+            ts[0], ts[-1] = t0, t1  # exact end points despite the round trip through t**p
+            return ts
+
+        return cls(_draw_in_gaps(base, to_time, generator, uniforms, dtype, device))
+
+    @classmethod
+    def uniform_random(
+        cls,
+        n_steps: int,
+        t0: float,
+        t1: float,
+        *,
+        generator: torch.Generator | None = None,
+        uniforms: Tensor | None = None,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> TimeGrid:
+        r"""The random counterpart of :meth:`uniform`: :meth:`power_random` with :math:`p = 1`
+        (``ExpTimer(exp=1).rand()``), one time uniform in each of the :math:`N - 1` gaps of
+        :math:`N` equally spaced base points, both ends kept.
+
+        Example:
+            >>> u = torch.full((2,), 0.5, dtype=torch.float64)
+            >>> TimeGrid.uniform_random(3, 0.0, 1.0, uniforms=u, dtype=torch.float64).ts
+            tensor([0.0000, 0.2500, 0.7500, 1.0000], dtype=torch.float64)
+        """
+        _check_steps(n_steps, t0, t1)
+        base = t0 + (t1 - t0) * _random_base(n_steps, "uniform", generator, uniforms)
+        base[0], base[-1] = t0, t1
+        return cls(_draw_in_gaps(base, lambda v: v, generator, uniforms, dtype, device))
 
     # -- derived quantities --------------------------------------------------------------------
     @property
@@ -339,6 +422,50 @@ _S_CURVE_X_START = 1e-4
 _MAX_REDRAWS = 100
 
 
+def _random_base(n_steps: int, what: str, generator: torch.Generator | None,
+                 uniforms: Tensor | None) -> Tensor:
+    """Check the arguments of a random grid; the fractions ``k / (N - 1)`` of its base."""
+    if n_steps < 2:
+        raise ValueError(
+            f"n_steps must be >= 2 for the random {what} grid (its base of n_steps times "
+            f"needs at least one gap to draw in), got {n_steps}"
+        )
+    if generator is not None and uniforms is not None:
+        raise ValueError("pass either generator or uniforms, not both")
+    return torch.arange(n_steps, dtype=torch.float64) / (n_steps - 1)
+
+
+def _draw_in_gaps(base: Tensor, to_time, generator: torch.Generator | None,
+                  uniforms: Tensor | None, dtype: torch.dtype | None,
+                  device: torch.device | str | None) -> Tensor:
+    r"""``to_time`` of the base's ends and of one uniform draw :math:`r_{i-1} + u_i (r_i -
+    r_{i-1})` in each gap of the float64 ``base``, cast to ``dtype``; redrawn until the cast
+    times are strictly increasing (an error for given ``uniforms``)."""
+    n = base.numel() - 1
+    if uniforms is not None:
+        uniforms = _check_uniforms(uniforms, n)
+    dtype = dtype or torch.get_default_dtype()
+    gap_lo, gap = base[:-1], base[1:] - base[:-1]
+    for _ in range(_MAX_REDRAWS):
+        if uniforms is None:
+            where = generator.device if generator is not None else "cpu"
+            u = torch.rand(n, generator=generator, dtype=torch.float64, device=where).cpu()
+        else:
+            u = uniforms
+        v = torch.cat([base[:1], gap_lo + u * gap, base[-1:]])
+        ts = to_time(v).to(dtype=dtype, device=device)
+        if (ts[1:] > ts[:-1]).all():
+            return ts
+        if uniforms is not None:
+            raise ValueError(
+                f"uniforms put a time on the end of its gap: the times, in {dtype}, are not "
+                f"strictly increasing (got {ts.tolist()})"
+            )
+    raise RuntimeError(  # pragma: no cover - probability below 1e-6 ** _MAX_REDRAWS
+        f"no strictly increasing random grid in {dtype} after {_MAX_REDRAWS} draws"
+    )
+
+
 def _check_uniforms(uniforms: Tensor, n: int) -> Tensor:
     if not isinstance(uniforms, Tensor):
         raise TypeError(f"uniforms must be a tensor of shape ({n},), got {type(uniforms)}")
@@ -395,3 +522,18 @@ def _check_steps(n_steps: int, t0: float, t1: float) -> None:
         raise ValueError(f"n_steps must be an integer >= 1, got {n_steps!r}")
     if not t1 > t0:
         raise ValueError(f"t1 must be greater than t0, got t0={t0}, t1={t1}")
+
+
+_NUMBER = (int, float)
+
+#: The time grids by name (a recipe's ``grid.kind``). Each factory is ``(n_steps, **keys) ->
+#: TimeGrid`` with the grid table's keys; ``extras["random"]``, of the same signature, is the
+#: kind's random training grid (``grid.jitter = true``; a kind without one trains on
+#: :meth:`TimeGrid.jitter` of its fixed grid).
+GRIDS: Registry[Callable[..., TimeGrid]] = Registry("grid", key="grid.kind")
+GRIDS.register("power", TimeGrid.power, random=TimeGrid.power_random,
+               required={"t0": _NUMBER, "t1": _NUMBER, "exponent": _NUMBER})
+GRIDS.register("s_curve", TimeGrid.s_curve, random=TimeGrid.s_curve_random,
+               required={"t0": _NUMBER, "t1": _NUMBER})
+GRIDS.register("uniform", TimeGrid.uniform, random=TimeGrid.uniform_random,
+               required={"t0": _NUMBER, "t1": _NUMBER})

@@ -278,3 +278,61 @@ def test_random_bad_arguments(kwargs, error, match):
     args = {"n_steps": 4, "t0": 1e-3, "t1": 0.05, **kwargs}
     with pytest.raises(error, match=match):
         TimeGrid.s_curve_random(args.pop("n_steps"), args.pop("t0"), args.pop("t1"), **args)
+
+
+# -- the random power grid (utils/scalars.py ExpTimer.rand) --------------------------------------
+def official_power_random(n_steps: int, t_start: float, t_end: float, exp: float,
+                          u: np.ndarray) -> np.ndarray:
+    """``ExpTimer(n_steps, t_start, t_end, exp).rand()`` for ``exp <= 1``, written out from its
+    definition in float64 with the uniforms ``u`` of its ``torch.rand(n_steps - 1)``."""
+    base = np.linspace(t_start**exp, t_end**exp, n_steps)  # n_steps points, not n_steps + 1
+    mids = u * (base[1:] - base[:-1]) + base[:-1]
+    return np.concatenate([base[:1], mids, base[-1:]]) ** (1.0 / exp)
+
+
+@pytest.mark.parametrize("n, t0, t1, p", [(30, 1e-3, 0.1, 0.5), (5, 1e-3, 0.05, 0.9),
+                                          (2, 0.0, 1.0, 0.5), (75, 1e-4, 0.1, 1.0)])
+def test_power_random_is_the_official_formula(n, t0, t1, p):
+    u = torch.rand(n - 1, generator=torch.Generator().manual_seed(n), dtype=torch.float64)
+    g = TimeGrid.power_random(n, t0, t1, p, uniforms=u, dtype=torch.float64)
+    assert g.n_steps == n and g.t0 == t0 and g.t1 == t1  # exact end points
+    np.testing.assert_allclose(g.ts.numpy(), official_power_random(n, t0, t1, p, u.numpy()),
+                               rtol=1e-12, atol=0)
+
+
+def test_power_random_law():
+    """t_i^p ~ U[r_{i-1}, r_i] on the N-point base r: the support, and the mean
+    E[t_i] = p/(p+1) (r_i^{(p+1)/p} - r_{i-1}^{(p+1)/p}) / (r_i - r_{i-1}) against 4000 draws."""
+    n, t0, t1, p, draws = 10, 1e-3, 0.1, 0.5, 4000
+    gen = torch.Generator().manual_seed(0)
+    ts = torch.stack([TimeGrid.power_random(n, t0, t1, p, generator=gen,
+                                            dtype=torch.float64).ts for _ in range(draws)])
+    r = torch.linspace(t0**p, t1**p, n, dtype=torch.float64)  # the base, in t^p
+    lo, hi = r[:-1] ** (1 / p), r[1:] ** (1 / p)
+    inner = ts[:, 1:-1]
+    assert bool(((inner >= lo) & (inner < hi)).all())  # one time in each gap of the base
+    assert bool((ts[:, 0] == t0).all() and (ts[:, -1] == t1).all())
+    q = (p + 1) / p
+    mean = p / (p + 1) * (r[1:] ** q - r[:-1] ** q) / (r[1:] - r[:-1])
+    stderr = inner.std(0) / draws**0.5
+    assert bool(((inner.mean(0) - mean).abs() < 4 * stderr).all())
+    # not the jitter of the fixed grid: its interior means are the fixed times
+    fixed = TimeGrid.power(n, t0, t1, p, dtype=torch.float64).ts[1:-1]
+    assert bool(((mean - fixed).abs() > 10 * stderr).any())
+
+
+def test_power_random_arguments():
+    with pytest.raises(ValueError, match="n_steps must be >= 2 for the random power grid"):
+        TimeGrid.power_random(1, 0.0, 1.0, 0.5)
+    with pytest.raises(ValueError, match="exponent must be > 0"):
+        TimeGrid.power_random(5, 0.0, 1.0, 0.0)
+    with pytest.raises(ValueError, match=r"uniforms must have shape \(4,\)"):
+        TimeGrid.power_random(5, 0.0, 1.0, 0.5, uniforms=torch.zeros(3))
+    with pytest.raises(ValueError, match="either generator or uniforms"):
+        TimeGrid.power_random(5, 0.0, 1.0, 0.5, uniforms=torch.zeros(4),
+                              generator=torch.Generator())
+    u = torch.full((4,), 0.5, dtype=torch.float64)
+    torch.testing.assert_close(TimeGrid.uniform_random(5, 0.0, 1.0, uniforms=u,
+                                                       dtype=torch.float64).ts,
+                               TimeGrid.power_random(5, 0.0, 1.0, 1.0, uniforms=u,
+                                                     dtype=torch.float64).ts)

@@ -3,6 +3,7 @@ here from that table; overrides; the builder; the data scaling of the example.""
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import math
 from pathlib import Path
@@ -10,8 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from sdeflow import TimeGrid
+from sdeflow import GRIDS, TimeGrid
 from sdeflow.recipes import (
+    FAMILIES,
     RECIPES,
     apply_overrides,
     build_model,
@@ -70,6 +72,9 @@ def test_toy_2d_is_design_section_4() -> None:
     assert (r["data"]["max_abs"], r["data"]["standardize"]) == (0.85, True)
     # the LR decays every 2 epochs of 100 iterations
     assert trainer_options(r)["lr_step_size"] == 200
+    # data/ps.yaml: dataset "olympic", a real 2D set of sdeflow's
+    assert r["data"]["dataset"] == "olympic"
+    assert (r["model"]["family"], r["train"]["discretizer"]) == ("diffflow", "euler_maruyama")
 
 
 def test_mnist_is_design_section_4() -> None:
@@ -87,7 +92,8 @@ def test_mnist_is_design_section_4() -> None:
     # Adam 2e-4; 64 per GPU, 100 epochs
     assert (r["optimizer"]["lr"], r["optimizer"]["lr_schedule"]) == (2e-4, "constant")
     assert (r["train"]["batch_size"], r["train"]["epochs"]) == (64, 100)
-    assert r["train"]["iterations"] == 100 * (60_000 // 64)
+    # the official DataLoader keeps the last partial batch (drop_last=False): 938 per epoch
+    assert r["train"]["iterations"] == 100 * math.ceil(60_000 / 64) == 93_800
     # 32x32, x/255 to [-1, 1], no flip, no dequantization. DESIGN says "padded"; the official
     # datasets/image_dataset.py resizes (transforms.Resize(32)), which the recipe follows
     assert (r["data"]["dataset"], r["data"]["channels"], r["data"]["image_size"],
@@ -201,8 +207,24 @@ def test_apply_overrides_copies_and_validates() -> None:
         apply_overrides(base, ["train.precision=fp8"])
     with pytest.raises(ValueError, match="needs exponent"):  # a power grid needs its exponent
         apply_overrides(base, ["grid.kind=power"])
-    with pytest.raises(ValueError, match="one more entry"):
+    with pytest.raises(ValueError, match=r"\[schedule\] of kind 'stepped'.*one fewer entry"):
         apply_overrides(base, ["schedule.values=[5, 10]"])
+    with pytest.raises(ValueError, match="grid.kind must be one of power, s_curve, uniform"):
+        apply_overrides(base, ["grid.kind=cosine"])
+    with pytest.raises(ValueError, match="drift.net must be one of"):
+        apply_overrides(base, ["drift.net=resnet"])
+    with pytest.raises(ValueError, match="train.gradient must be one of backprop, adjoint"):
+        apply_overrides(base, ["train.gradient=magic"])
+    with pytest.raises(ValueError, match="train.discretizer must be one of"):
+        apply_overrides(base, ["train.discretizer=rk4"])
+    with pytest.raises(ValueError, match="train.discretizer must be a scheme with a Gaussian"):
+        apply_overrides(base, ["train.discretizer=heun"])  # DiffFlow needs a density
+    with pytest.raises(ValueError, match="model.family must be one of diffflow, score, flow"):
+        apply_overrides(base, ["model.family=gan"])
+    with pytest.raises(ValueError, match="process.sde must be one of vp"):
+        apply_overrides(base, ["process.sde=cld"])
+    with pytest.raises(ValueError, match="data.dataset must be one of checkerboard"):
+        apply_overrides(base, ["data.dataset=imagenet"])
     with pytest.raises(ValueError, match="grid.t0 < grid.t1"):
         apply_overrides(base, ["grid.t0=0.2"])
     with pytest.raises(TypeError, match="list"):
@@ -256,12 +278,13 @@ def test_build_model_follows_the_recipe(name: str) -> None:
     else:
         expected = TimeGrid.s_curve(n, g["t0"], g["t1"]).ts
     assert torch.allclose(model.grid.ts.double(), expected.double(), rtol=1e-6, atol=0)
-    if g["jitter"] and g["kind"] == "s_curve":  # the official random S-curve grid (STimer.rand)
+    if g["jitter"]:  # the kind's official random grid (STimer.rand, ExpTimer.rand)
         torch.manual_seed(0)
         drawn = model.training_grid(1)
         torch.manual_seed(0)
-        torch.testing.assert_close(drawn.ts, TimeGrid.s_curve_random(
-            drawn.n_steps, g["t0"], g["t1"], dtype=drawn.dtype).ts)
+        random = GRIDS.entry(g["kind"]).extras["random"]
+        keys = {k: g[k] for k in ("t0", "t1", "exponent") if k in g}
+        torch.testing.assert_close(drawn.ts, random(drawn.n_steps, dtype=drawn.dtype, **keys).ts)
     else:
         assert model.jitter is g["jitter"]
     assert TimeGrid(model.sample_grid_ts).n_steps == recipe["sample"]["steps"]
@@ -317,6 +340,208 @@ def test_trainer_options() -> None:
     assert (own["ema_warmup"], own["ema_start"], own["precision"]) == (True, 0, "bf16")
     with pytest.raises(ValueError, match="ema_every"):
         trainer_options(apply_overrides(load_recipe("cifar-b"), ["train.ema_every=2"]))
+
+
+def test_lr_step_size_scales_the_official_epochs() -> None:
+    """StepLR every lr_step_epochs of the 30 epochs: 2 * 3000 // 30 = 200 iterations at the
+    official length, 2 * 500 // 30 = 33 at ``sdeflow toy``'s 500."""
+    toy = load_recipe("toy-2d")
+    for iterations, expected in ((3000, 200), (500, 33), (10, 1), (14, 1), (15, 1)):
+        recipe = apply_overrides(toy, [f"train.iterations={iterations}"])
+        assert trainer_options(recipe)["lr_step_size"] == expected
+    assert set(trainer_options(toy)) == {"lr", "lr_gamma", "lr_step_size", "grad_clip",
+                                         "ema_decay", "ema_warmup", "ema_start", "precision"}
+
+
+# -- model families ------------------------------------------------------------------------------
+def _cli_model(family: str, gradient: str):
+    from sdeflow.cli import build_toy_model
+
+    return build_toy_model(family, gradient=gradient)
+
+
+@pytest.mark.parametrize("family, gradient", [
+    ("diffflow", "backprop"), ("diffflow", "adjoint"), ("diffflow", "sharded-adjoint"),
+    ("score", "backprop"), ("flow", "backprop")])
+def test_toy_recipe_models_equal_the_toy_command(family: str, gradient: str) -> None:
+    """``sdeflow train --preset toy-2d --set model.family=F`` builds today's ``sdeflow toy
+    --model F`` model: the same construction order (same initial weights under one seed), the
+    same buffers and settings, and the same random numbers drawn."""
+    torch.manual_seed(0)
+    expected = _cli_model(family, gradient)
+    after_expected = torch.rand(3)
+    recipe = apply_overrides(load_recipe("toy-2d"), [f"model.family={family}",
+                                                    f"train.gradient={gradient}"])
+    torch.manual_seed(0)
+    model = build_model(recipe)
+    assert torch.equal(torch.rand(3), after_expected)
+    assert type(model) is type(expected)
+    got, want = model.state_dict(), expected.state_dict()
+    assert list(got) == list(want)
+    for key in want:
+        assert torch.equal(got[key], want[key]), key
+    if family == "score":
+        assert (model.eps, model.sample_steps, model.elbo_steps) == \
+            (expected.eps, expected.sample_steps, expected.elbo_steps)
+        assert repr(model.sde) == repr(expected.sde) == "VPSDE(beta_min=0.1, beta_max=20.0, T=1.0)"
+    else:
+        assert model.jitter is expected.jitter is False and model.progressive is None
+    if family == "diffflow":
+        assert repr(model.objective.gradient) == repr(expected.objective.gradient)
+        assert model.objective.discretizer == expected.objective.discretizer
+        assert model.sample_grid_ts is None and model.clip_time is None
+
+
+@pytest.mark.parametrize("dataset", ["checkerboard", "2spirals", "moons", "olympic"])
+def test_any_2d_set_can_be_chosen(dataset: str) -> None:
+    from sdeflow.data import TOY_DATASETS
+
+    assert load_recipe("toy-2d")["data"]["dataset"] in TOY_DATASETS
+    recipe = apply_overrides(load_recipe("toy-2d"), [f"data.dataset={dataset}"])
+    assert state_shape(recipe) == (2,)
+    image = apply_overrides(load_recipe("cifar-a"), ["data.image_size=16"])
+    assert state_shape(image) == (3, 16, 16)
+    with pytest.raises(ValueError, match="data.dataset 'mnist' \\(images\\) needs data.channels"):
+        apply_overrides(recipe, ["data.dataset=mnist"])
+
+
+def test_families_from_one_recipe() -> None:
+    """Each family is built through FAMILIES from the keys it needs; a family's missing table
+    is an error naming it."""
+    from sdeflow.processes import VESDE
+    from sdeflow.training import DiffFlowModel, FlowModel, ScoreModel
+
+    assert FAMILIES.names() == ("diffflow", "score", "flow")
+    toy = load_recipe("toy-2d")
+    kinds = {"diffflow": DiffFlowModel, "score": ScoreModel, "flow": FlowModel}
+    for family, kind in kinds.items():
+        assert type(build_model(apply_overrides(toy, [f"model.family={family}"]))) is kind
+    score = build_model(apply_overrides(toy, ["model.family=score", "process.sde=ve",
+                                              "process.sigma_max=3.0", "process.eps=1e-2",
+                                              "sample.steps=7"]))
+    assert isinstance(score.sde, VESDE) and score.sde.sigma_max == 3.0
+    assert (score.eps, score.sample_steps) == (1e-2, 7)
+    flow = build_model(apply_overrides(load_recipe("cifar-b"), [
+        "model.family=flow", "drift.ch=8", "drift.ch_mult=[1, 2]", "drift.num_res_blocks=1"]))
+    assert flow.progressive.n_end == 75 and flow.jitter.func == TimeGrid.s_curve_random
+    no_score = load_recipe("toy-2d")
+    del no_score["score"]
+    with pytest.raises(ValueError, match="lacks the \\[score\\] table \\(model.family 'diffflow'"):
+        validate_recipe(no_score)
+    build_model(apply_overrides(no_score, ["model.family=flow"]))  # the flow needs no score net
+    no_g = load_recipe("toy-2d")
+    del no_g["process"]["g"]
+    with pytest.raises(ValueError, match="model.family 'diffflow' needs process.g"):
+        validate_recipe(no_g)
+
+
+def test_recipes_of_earlier_runs_still_build() -> None:
+    """A run's config.json written before [model], train.discretizer and train.clip_time
+    existed builds the same DiffFlow model (the defaults)."""
+    old = _tiny("mnist")
+    del old["model"], old["train"]["discretizer"]
+    torch.manual_seed(0)
+    a = build_model(old)
+    torch.manual_seed(0)
+    b = build_model(_tiny("mnist"))
+    assert list(a.state_dict()) == list(b.state_dict())
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(),
+                                                 b.state_dict().values()))
+
+
+# -- fidelity to the official code ---------------------------------------------------------------
+def _recording(net: torch.nn.Module, seen: list[torch.Tensor]):
+    return net.register_forward_pre_hook(lambda module, args: seen.append(args[1].detach()))
+
+
+def test_cifar_b_networks_see_the_clipped_time_in_training_only() -> None:
+    """modules/sde_loss.py feeds the networks conder.index(t) = clip(t, 1e-3, 0.05) in training,
+    t itself in sampling (model.condition = conder()); the random S-curve grid starts below
+    1e-3."""
+    recipe = apply_overrides(_tiny("cifar-b"), ["sample.steps=5"])
+    assert recipe["train"]["clip_time"] is True
+    model = build_model(recipe)
+    assert model.clip_time == (1e-3, 0.05)
+    plain = build_model(apply_overrides(recipe, ["train.clip_time=false"]))
+    assert list(model.state_dict()) == list(plain.state_dict())  # checkpoints unchanged
+    torch.manual_seed(1)
+    grid = model.training_grid(1)
+    assert grid.t0 < 1e-3  # the times the steps use
+    drift_seen: list[torch.Tensor] = []
+    score_seen: list[torch.Tensor] = []
+    hooks = [_recording(model.drift_net, drift_seen), _recording(model.score_net, score_seen)]
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    torch.manual_seed(1)
+    loss, _ = model.loss(x, step=1)
+    loss.backward()  # the stochastic adjoint calls the networks again here
+    for seen in (drift_seen, score_seen):
+        times = torch.cat([t.reshape(-1) for t in seen])
+        lo, hi = torch.tensor([1e-3, 0.05], dtype=times.dtype)  # float32 as the grid
+        assert times.min() == lo and times.max() <= hi
+        clipped = grid.ts.clamp(1e-3, 0.05)
+        assert set(times.unique().tolist()) <= set(clipped.tolist())
+    # sampling and the bound see t itself
+    drift_seen.clear()
+    score_seen.clear()
+    model.sample(2)
+    model.nelbo(x)
+    for seen in (drift_seen, score_seen):
+        assert float(torch.cat([t.reshape(-1) for t in seen]).min()) < 1e-4
+    for hook in hooks:
+        hook.remove()
+    # the loss value equals that of networks fed the clipped time by hand
+    class Clipped(torch.nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x, t):
+            return self.net(x, t.clamp(1e-3, 0.05))
+
+    from sdeflow import DiffFlowObjective, ForwardSDE, ReverseSDE
+
+    reverse = ReverseSDE(ForwardSDE(Clipped(model.drift_net), 1.0), Clipped(model.score_net))
+    by_hand = DiffFlowObjective(reverse, model.prior)
+    model.eval()
+    torch.manual_seed(2)
+    value = model.loss(x, step=1)[0]
+    torch.manual_seed(2)
+    torch.testing.assert_close(value, by_hand(x, model.training_grid(1)).loss)
+
+
+def test_cifar_b_clips_about_17_of_76_times_at_n_75() -> None:
+    recipe = load_recipe("cifar-b")
+    draw = functools.partial(TimeGrid.s_curve_random, t0=recipe["grid"]["t0"],
+                             t1=recipe["grid"]["t1"], dtype=torch.float64)
+    counts = {int((draw(75, generator=torch.Generator().manual_seed(s)).ts
+                   < recipe["grid"]["t0"]).sum()) for s in range(50)}
+    assert counts <= {16, 17} and 17 in counts
+
+
+def test_continuous_mnist_trains_on_the_official_random_power_grid() -> None:
+    """cont_mnist.yaml: ExpTimer.rand, uniform in t^0.5 between the points of an N-point base;
+    not a jitter of the fixed grid."""
+    recipe = apply_overrides(_tiny("mnist"), [
+        "schedule.kind=stepped", "schedule.values=[5, 10, 20, 30]",
+        "schedule.milestones=[3000, 5000, 8000]", "grid.jitter=true"])
+    model = build_model(recipe)
+    assert model.jitter.func == TimeGrid.power_random
+    assert model.jitter.keywords == {"t0": 1e-3, "t1": 0.1, "exponent": 0.5}
+    torch.manual_seed(0)
+    drawn = model.training_grid(3001)
+    torch.manual_seed(0)
+    expected = TimeGrid.power_random(10, 1e-3, 0.1, 0.5, dtype=drawn.dtype)
+    assert torch.equal(drawn.ts, expected.ts) and drawn.n_steps == 10
+
+
+def test_batch_size_is_per_process() -> None:
+    """Under torchrun the official batch size is per GPU: the recipes say train.batch_size is
+    per process."""
+    folder = ROOT / "sdeflow" / "recipes"
+    for name in ("mnist", "cifar_a", "cifar_b", "toy_2d", "sdeflow_cifar"):
+        text = (folder / f"{name}.toml").read_text()
+        line = text[text.index("batch_size ="):]
+        assert "per process" in line[:line.index("epochs")], name
 
 
 # -- data scaling --------------------------------------------------------------------------------

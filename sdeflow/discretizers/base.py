@@ -22,23 +22,29 @@ from torch import Tensor
 from sdeflow.discretizers.stepper import AffineSteps, Stepper
 from sdeflow.grids import TimeGrid
 from sdeflow.processes.base import SDE
+from sdeflow.registry import Registry
 
 __all__ = ["Discretizer", "DISCRETIZERS", "register_discretizer"]
 
-#: Registry of the step schemes sdeflow ships (name -> class); contract tests loop over it.
-DISCRETIZERS: dict[str, type[Discretizer]] = {}
+#: The step schemes by name (``train.discretizer`` of a recipe); contract tests loop over it.
+#: A :class:`~sdeflow.registry.Registry`: ``DISCRETIZERS[name]`` is the class.
+DISCRETIZERS: Registry[type[Discretizer]] = Registry("discretizer", key="train.discretizer")
 
 
 def register_discretizer(name: str):
-    """Class decorator adding a scheme to :data:`DISCRETIZERS` under ``name``."""
+    """Class decorator adding a scheme to :data:`DISCRETIZERS` under ``name``
+    (``DISCRETIZERS.register(name)``).
 
-    def wrap(cls: type[Discretizer]) -> type[Discretizer]:
-        if name in DISCRETIZERS:
-            raise ValueError(f"a discretizer named {name!r} is registered already")
-        DISCRETIZERS[name] = cls
-        return cls
-
-    return wrap
+    Example:
+        >>> from sdeflow import EulerMaruyama
+        >>> @register_discretizer("my_euler")
+        ... class MyEuler(EulerMaruyama):
+        ...     pass
+        >>> DISCRETIZERS.resolve("my_euler")
+        MyEuler()
+        >>> _ = DISCRETIZERS.unregister("my_euler")
+    """
+    return DISCRETIZERS.register(name)
 
 
 class Discretizer(ABC):

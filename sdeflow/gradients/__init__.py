@@ -18,11 +18,42 @@ what autograd keeps:
 
 Every strategy's gradient equals :class:`Backprop`'s up to floating-point summation order
 (``tests/test_gradients.py``, DESIGN I8).
+
+:data:`GRADIENTS` names them (a recipe's ``train.gradient``): ``backprop``, ``adjoint``,
+``checkpointed``, ``sharded`` (:class:`Sharded` over :class:`Backprop`) and
+``sharded-adjoint`` (:class:`Sharded` over :class:`StochasticAdjoint`).
+
+Example:
+    >>> GRADIENTS.names()
+    ('backprop', 'adjoint', 'checkpointed', 'sharded', 'sharded-adjoint')
+    >>> GRADIENTS.resolve("sharded-adjoint").strategy, GRADIENTS.resolve(None, default="backprop")
+    (StochasticAdjoint(), Backprop())
 """
+
+from collections.abc import Callable
 
 from sdeflow.gradients.base import Backprop, GradientStrategy, Sweep
 from sdeflow.gradients.recompute import Checkpointed, StochasticAdjoint
 from sdeflow.gradients.sharded import Sharded
+from sdeflow.registry import Registry
 
 __all__ = ["Sweep", "GradientStrategy", "Backprop", "StochasticAdjoint", "Checkpointed",
-           "Sharded"]
+           "Sharded", "GRADIENTS"]
+
+#: The gradient strategies by name (``train.gradient``); each factory takes no argument.
+GRADIENTS: Registry[Callable[[], GradientStrategy]] = Registry("gradient", key="train.gradient")
+GRADIENTS.register("backprop", Backprop)
+GRADIENTS.register("adjoint", StochasticAdjoint)
+GRADIENTS.register("checkpointed", Checkpointed)
+
+
+@GRADIENTS.register("sharded")
+def _sharded_backprop() -> Sharded:
+    """:class:`Sharded` over :class:`Backprop`."""
+    return Sharded(Backprop())
+
+
+@GRADIENTS.register("sharded-adjoint")
+def _sharded_adjoint() -> Sharded:
+    """:class:`Sharded` over :class:`StochasticAdjoint`."""
+    return Sharded(StochasticAdjoint())

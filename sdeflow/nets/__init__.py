@@ -3,11 +3,13 @@ DDPM-style U-Net and the lucidrains-style U-Net (linear attention) for images, a
 features/embeddings they share.
 
 ``t`` has shape ``()`` or ``(1,)`` (one time for the whole batch, evaluated once and broadcast)
-or ``(B,)`` (one time per sample).
+or ``(B,)`` (one time per sample). :data:`NETS` names them for recipes
+(:mod:`sdeflow.nets.registry`).
 """
 
 from .lucid_unet import LinearAttention, LucidUNet
 from .mlp import ACTIVATIONS, FourierMLP
+from .registry import NETS
 from .time import (
     FourierTimeFeatures,
     GaussianFourierFeatures,
@@ -24,6 +26,7 @@ __all__ = [
     "GaussianFourierFeatures",
     "LinearAttention",
     "LucidUNet",
+    "NETS",
     "ResBlock",
     "SinusoidalTimeEmbedding",
     "UNet",

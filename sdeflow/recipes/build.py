@@ -1,17 +1,25 @@
-r"""Build a DiffFlow model and its training options from a recipe (:mod:`sdeflow.recipes.loader`).
+r"""Build a model and its training options from a recipe (:mod:`sdeflow.recipes.loader`).
 
-One builder for training (``examples/diffflow_cifar.py``) and evaluation (``sdeflow evaluate``),
-so an evaluated checkpoint is loaded into exactly the networks that wrote it.
+One builder for training (``examples/diffflow_cifar.py``, ``sdeflow train``) and evaluation
+(``sdeflow evaluate``), so an evaluated checkpoint is loaded into exactly the networks that
+wrote it. Every part is chosen by name through its registry: the networks
+(:data:`sdeflow.nets.NETS`), the grid and its random training grid
+(:data:`sdeflow.grids.GRIDS`), the schedule of :math:`N`
+(:data:`sdeflow.training.STEPS_SCHEDULES`), the step scheme
+(:data:`sdeflow.discretizers.DISCRETIZERS`), the gradient strategy
+(:data:`sdeflow.gradients.GRADIENTS`), the score family's SDE
+(:data:`sdeflow.processes.LINEAR_SDES`) and the model family (:data:`FAMILIES`):
 
-- networks: ``ddpm_unet`` is :class:`~sdeflow.nets.UNet`, ``lucid_unet`` is
-  :class:`~sdeflow.nets.LucidUNet`, ``fourier_mlp`` is :class:`~sdeflow.nets.FourierMLP`; a
-  ``time_input`` of ``"<c>t"`` feeds :math:`c\,t` to the time embedding (``"t"``: :math:`t`);
-- the grid: ``power`` (:meth:`TimeGrid.power`), ``s_curve`` (:meth:`TimeGrid.s_curve`) or
-  ``uniform``, of :math:`N` steps, :math:`N` from the schedule: ``fixed``, ``stepped``
-  (:class:`~sdeflow.training.SteppedSteps`) or ``ramp``
-  (:class:`~sdeflow.training.ProgressiveSteps`);
-- :math:`dx = f(x, t)\,dt + g\,dw` with the constant ``process.g``, a standard normal prior,
-  the gradient strategy ``train.gradient``.
+- ``diffflow``: :class:`~sdeflow.training.DiffFlowModel` of the ``[drift]`` and ``[score]``
+  networks (built in that order), :math:`dx = f(x, t)\,dt + g\,dw` with the constant
+  ``process.g``, a standard normal prior;
+- ``score``: :class:`~sdeflow.training.ScoreModel` of the ``[score]`` network under
+  ``process.sde`` (VP by default) from ``process.eps`` (``1e-3`` by default), sampled in
+  ``sample.steps`` steps (500 when absent);
+- ``flow``: :class:`~sdeflow.training.FlowModel` of the ``[drift]`` network.
+
+The score and flow families take no trajectory sweep, so ``train.gradient``,
+``train.discretizer`` and ``train.clip_time`` do not apply to them.
 """
 
 from __future__ import annotations
@@ -23,29 +31,41 @@ from typing import Any
 import torch
 from torch import nn
 
-from sdeflow.grids import TimeGrid
-from sdeflow.recipes.loader import time_scale, validate_recipe
+from sdeflow.grids import GRIDS, TimeGrid
+from sdeflow.nets import NETS
+from sdeflow.recipes.loader import DEFAULTS, part_entry, recipe_get, validate_recipe
+from sdeflow.registry import Registry
 
-__all__ = ["state_shape", "build_network", "grid_factory", "steps_schedule", "final_steps",
-           "build_model", "trainer_options"]
+__all__ = ["FAMILIES", "state_shape", "build_network", "grid_factory", "random_grid_factory",
+           "steps_schedule", "final_steps", "build_model", "trainer_options"]
+
+#: The model families by name (``model.family``); factories
+#: ``(recipe, *, channels_last, compile) -> nn.Module``. ``required`` holds the sections
+#: (``"grid"``) and keys (``"process.g"``) a family needs; ``extras["check"](recipe)`` its
+#: further checks.
+FAMILIES: Registry[Callable[..., nn.Module]] = Registry("model family", key="model.family")
 
 
 def state_shape(recipe: Mapping[str, Any]) -> tuple[int, ...]:
-    """The shape of one state: ``(C, H, W)`` for images, ``(2,)`` for the 2D recipe.
+    """The shape of one state: ``(2,)`` for a 2D set (:data:`sdeflow.data.TOY_DATASETS`),
+    ``(C, H, W)`` for images.
 
     Example:
         >>> from sdeflow.recipes import load_recipe
         >>> state_shape(load_recipe("mnist")), state_shape(load_recipe("toy-2d"))
         ((1, 32, 32), (2,))
     """
+    from sdeflow.data import TOY_DATASETS
+
     data = recipe["data"]
-    if data.get("dataset") == "2d":
+    if data.get("dataset") in TOY_DATASETS:
         return (2,)
     return (data["channels"], data["image_size"], data["image_size"])
 
 
 def build_network(spec: Mapping[str, Any], shape: tuple[int, ...]) -> nn.Module:
-    r"""The network of a ``[drift]`` or ``[score]`` table for states of ``shape``.
+    r"""The network of a ``[drift]`` or ``[score]`` table for states of ``shape``: the
+    :data:`~sdeflow.nets.NETS` entry ``spec["net"]``.
 
     Example:
         >>> net = build_network({"net": "lucid_unet", "dim": 8, "dim_mults": [1, 2],
@@ -53,43 +73,17 @@ def build_network(spec: Mapping[str, Any], shape: tuple[int, ...]) -> nn.Module:
         >>> type(net).__name__, net.time_embedding.time_scale
         ('LucidUNet', 1.0)
     """
-    from sdeflow.nets.lucid_unet import LucidUNet
-    from sdeflow.nets.mlp import FourierMLP
-    from sdeflow.nets.unet import UNet
-
-    scale = time_scale(spec.get("time_input", "t"))
-    kind = spec.get("net")
-    if kind in ("ddpm_unet", "lucid_unet") and len(shape) != 3:
-        raise ValueError(f"net {kind!r} needs image states (C, H, W), got shape {shape}")
-    if kind == "ddpm_unet":
-        return UNet(shape[0], ch=spec["ch"], ch_mult=tuple(spec["ch_mult"]),
-                    num_res_blocks=spec["num_res_blocks"],
-                    attn_resolutions=tuple(spec["attn_resolutions"]),
-                    dropout=float(spec["dropout"]), image_size=shape[-1], time_scale=scale)
-    if kind == "lucid_unet":
-        extra = {k: spec[k] for k in ("attn_heads", "attn_dim_head") if k in spec}
-        return LucidUNet(shape[0], dim=spec["dim"], dim_mults=tuple(spec["dim_mults"]),
-                         time_scale=scale, **extra)
-    if kind == "fourier_mlp":
-        if len(shape) != 1:
-            raise ValueError(f"net 'fourier_mlp' needs flat states (d,), got shape {shape}")
-        if scale != 1.0:
-            raise ValueError(f"net 'fourier_mlp' takes time_input 't' only, got "
-                             f"{spec.get('time_input')!r}")
-        return FourierMLP(shape[0], spec["width"], spec["depth"])
-    raise ValueError(f"net must be ddpm_unet, lucid_unet or fourier_mlp, got {kind!r}")
+    return NETS.get(spec.get("net"))(spec, shape)
 
 
-def _grid(n_steps: int, *, kind: str, t0: float, t1: float, exponent: float | None) -> TimeGrid:
-    if kind == "power":
-        return TimeGrid.power(n_steps, t0, t1, exponent)
-    if kind == "s_curve":
-        return TimeGrid.s_curve(n_steps, t0, t1)
-    return TimeGrid.uniform(n_steps, t0, t1)
+def _grid_params(recipe: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
+    grid = recipe["grid"]
+    entry = part_entry(recipe, "grid.kind", GRIDS)
+    return entry, {k: grid[k] for k in entry.keys if k in grid}
 
 
 def grid_factory(recipe: Mapping[str, Any]) -> Callable[[int], TimeGrid]:
-    """``n -> TimeGrid`` of ``n`` steps of the recipe's grid kind on its interval (picklable).
+    """``n -> TimeGrid`` of ``n`` steps of the recipe's grid kind with its keys (picklable).
 
     Example:
         >>> from sdeflow.recipes import load_recipe
@@ -97,14 +91,35 @@ def grid_factory(recipe: Mapping[str, Any]) -> Callable[[int], TimeGrid]:
         >>> grid.n_steps, round(grid.t0, 6), round(grid.t1, 6)
         (30, 0.0001, 0.1)
     """
-    g = recipe["grid"]
-    return functools.partial(_grid, kind=g["kind"], t0=float(g["t0"]), t1=float(g["t1"]),
-                             exponent=None if "exponent" not in g else float(g["exponent"]))
+    entry, params = _grid_params(recipe)
+    return functools.partial(entry.factory, **params)
+
+
+def random_grid_factory(recipe: Mapping[str, Any]) -> Callable[[int], TimeGrid] | None:
+    """``n -> TimeGrid``, the random training grid of the recipe's grid kind (``None`` when the
+    kind declares none), whether or not ``grid.jitter`` asks for it.
+
+    Example:
+        >>> from sdeflow.recipes import load_recipe
+        >>> random = random_grid_factory(load_recipe("mnist"))
+        >>> random.func == TimeGrid.power_random, random.keywords["exponent"]
+        (True, 0.5)
+    """
+    entry, params = _grid_params(recipe)
+    random = entry.extras.get("random")
+    return None if random is None else functools.partial(random, **params)
+
+
+def _schedule(recipe: Mapping[str, Any]):
+    from sdeflow.training.progressive import STEPS_SCHEDULES
+
+    entry = part_entry(recipe, "schedule.kind", STEPS_SCHEDULES)
+    return entry.factory(recipe["schedule"], recipe["train"]["iterations"])
 
 
 def steps_schedule(recipe: Mapping[str, Any]):
     """The recipe's schedule of :math:`N` in training: a
-    :class:`~sdeflow.training.StepsSchedule`, or ``None`` for a fixed :math:`N`.
+    :class:`~sdeflow.training.StepsSchedule`, or ``None`` for a constant :math:`N`.
 
     Example:
         >>> from sdeflow.recipes import load_recipe
@@ -112,32 +127,119 @@ def steps_schedule(recipe: Mapping[str, Any]):
         >>> schedule(1), schedule(5001), schedule.n_end
         (5, 10, 75)
     """
-    from sdeflow.training import ProgressiveSteps, SteppedSteps
-
-    s = recipe["schedule"]
-    if s["kind"] == "fixed":
-        return None
-    if s["kind"] == "stepped":
-        return SteppedSteps(s["values"], s["milestones"])
-    ramp = s.get("ramp_steps") or max(1, int(recipe["train"]["iterations"] * s["ramp_fraction"]))
-    return ProgressiveSteps(s["n_start"], s["n_end"], ramp)
+    schedule = _schedule(recipe)
+    return None if schedule.constant else schedule
 
 
 def final_steps(recipe: Mapping[str, Any]) -> int:
-    """:math:`N` at the end of training (the model's evaluation grid)."""
-    s = recipe["schedule"]
-    return {"fixed": lambda: s["n"], "stepped": lambda: s["values"][-1],
-            "ramp": lambda: s["n_end"]}[s["kind"]]()
+    """:math:`N` at the end of training (the model's evaluation grid).
+
+    Example:
+        >>> from sdeflow.recipes import load_recipe
+        >>> final_steps(load_recipe("cifar-b")), final_steps(load_recipe("toy-2d"))
+        (75, 30)
+    """
+    return _schedule(recipe).n_end
+
+
+def _grids(recipe: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``grid``, ``progressive`` and ``jitter`` arguments of the grid-based families."""
+    factory = grid_factory(recipe)
+    schedule = steps_schedule(recipe)
+    jitter: bool | Callable[[int], TimeGrid] = bool(recipe["grid"].get("jitter", False))
+    if jitter:
+        # the kind's own random grid (the official ExpTimer.rand / STimer.rand), else a jitter
+        # of the fixed grid
+        jitter = random_grid_factory(recipe) or True
+    return {"grid": factory(final_steps(recipe)) if schedule is None else factory,
+            "progressive": schedule, "jitter": jitter}
+
+
+def _networks(recipe: Mapping[str, Any], sections: tuple[str, ...], *, channels_last: bool,
+              compile: bool) -> list[nn.Module]:
+    """The networks of ``sections``, built in that order (so a seed fixes their weights)."""
+    shape = state_shape(recipe)
+    nets = []
+    for section in sections:
+        net = build_network(recipe[section], shape)
+        if channels_last and len(shape) == 3:
+            net = net.to(memory_format=torch.channels_last)
+        if compile:
+            net.compile()
+        nets.append(net)
+    return nets
+
+
+def _check_diffflow(recipe: Mapping[str, Any]) -> None:
+    from sdeflow.discretizers import DISCRETIZERS
+
+    scheme = part_entry(recipe, "train.discretizer", DISCRETIZERS).factory
+    if not getattr(scheme, "gaussian", False):
+        raise ValueError(f"train.discretizer must be a scheme with a Gaussian transition for "
+                         f"DiffFlow's trajectory density, got "
+                         f"{recipe_get(recipe, 'train.discretizer')!r}")
+
+
+@FAMILIES.register("diffflow", required=("grid", "schedule", "process.g", "drift", "score"),
+                   check=_check_diffflow)
+def _diffflow(recipe: Mapping[str, Any], *, channels_last: bool = False,
+              compile: bool = False) -> nn.Module:
+    """:class:`~sdeflow.training.DiffFlowModel` of the recipe."""
+    from sdeflow.discretizers import DISCRETIZERS
+    from sdeflow.gradients import GRADIENTS
+    from sdeflow.priors import StandardNormal
+    from sdeflow.training import DiffFlowModel
+
+    drift, score = _networks(recipe, ("drift", "score"), channels_last=channels_last,
+                             compile=compile)
+    train, grid = recipe["train"], recipe["grid"]
+    sample_steps = recipe_get(recipe, "sample.steps")
+    return DiffFlowModel(
+        drift, score, float(recipe["process"]["g"]), prior=StandardNormal(state_shape(recipe)),
+        **_grids(recipe),
+        discretizer=DISCRETIZERS.resolve(train.get("discretizer"),
+                                         default=DEFAULTS["train.discretizer"]),
+        gradient=GRADIENTS.resolve(train["gradient"]),
+        sample_grid=None if sample_steps is None else grid_factory(recipe)(sample_steps),
+        clip_time=(grid["t0"], grid["t1"]) if train.get("clip_time", False) else None)
+
+
+@FAMILIES.register("score", required=("score",))
+def _score(recipe: Mapping[str, Any], *, channels_last: bool = False,
+           compile: bool = False) -> nn.Module:
+    """:class:`~sdeflow.training.ScoreModel` of the recipe."""
+    from sdeflow.processes import LINEAR_SDES
+    from sdeflow.training import ScoreModel
+
+    (net,) = _networks(recipe, ("score",), channels_last=channels_last, compile=compile)
+    process = recipe.get("process", {})
+    entry = part_entry(recipe, "process.sde", LINEAR_SDES)
+    sde = entry.factory(**{k: process[k] for k in entry.keys if k in process})
+    steps = recipe_get(recipe, "sample.steps")
+    return ScoreModel(net, sde, state_shape(recipe), eps=float(process.get("eps", 1e-3)),
+                      **({} if steps is None else {"sample_steps": steps}))
+
+
+@FAMILIES.register("flow", required=("grid", "schedule", "drift"))
+def _flow(recipe: Mapping[str, Any], *, channels_last: bool = False,
+          compile: bool = False) -> nn.Module:
+    """:class:`~sdeflow.training.FlowModel` of the recipe."""
+    from sdeflow.priors import StandardNormal
+    from sdeflow.training import FlowModel
+
+    (drift,) = _networks(recipe, ("drift",), channels_last=channels_last, compile=compile)
+    return FlowModel(drift, prior=StandardNormal(state_shape(recipe)), **_grids(recipe))
 
 
 def build_model(recipe: Mapping[str, Any], *, channels_last: bool = False,
                 compile: bool = False) -> nn.Module:
-    r"""The :class:`~sdeflow.training.DiffFlowModel` of ``recipe``.
+    r"""The model of ``recipe``: the :data:`FAMILIES` entry ``model.family`` (``diffflow``
+    when the recipe has no ``[model]`` table).
 
     Arguments:
-        recipe: A validated recipe (:func:`~sdeflow.recipes.load_recipe`, overrides applied).
+        recipe: A recipe (:func:`~sdeflow.recipes.load_recipe`, overrides applied); validated.
         channels_last: Networks' weights in ``torch.channels_last`` (image nets).
-        compile: Compile the two networks in place (:meth:`torch.nn.Module.compile` keeps the
+        compile: Compile the networks in place (:meth:`torch.nn.Module.compile` keeps the
             parameter names, hence the checkpoints, of the plain networks).
 
     Example:
@@ -146,50 +248,35 @@ def build_model(recipe: Mapping[str, Any], *, channels_last: bool = False,
         ...     "drift.ch=8", "score.ch=8", "drift.ch_mult=[1, 2]", "score.ch_mult=[1, 2]",
         ...     "drift.num_res_blocks=1", "score.num_res_blocks=1"])
         >>> model = build_model(tiny)
-        >>> model.grid.n_steps, type(model.drift_net).__name__
-        (75, 'UNet')
+        >>> model.grid.n_steps, type(model.drift_net).__name__, model.clip_time
+        (75, 'UNet', (0.001, 0.05))
+        >>> toy = apply_overrides(load_recipe("toy-2d"), ["model.family=score"])
+        >>> type(build_model(toy)).__name__
+        'ScoreModel'
     """
-    from sdeflow.gradients import Backprop, StochasticAdjoint
-    from sdeflow.priors import StandardNormal
-    from sdeflow.training import DiffFlowModel
-
     validate_recipe(recipe)
-    shape = state_shape(recipe)
-
-    def network(section: str) -> nn.Module:
-        net = build_network(recipe[section], shape)
-        if channels_last and len(shape) == 3:
-            net = net.to(memory_format=torch.channels_last)
-        if compile:
-            net.compile()
-        return net
-
-    factory = grid_factory(recipe)
-    schedule = steps_schedule(recipe)
-    grid = factory(final_steps(recipe)) if schedule is None else factory
-    gradient = {"adjoint": StochasticAdjoint, "backprop": Backprop}[recipe["train"]["gradient"]]
-    jitter: bool | Callable[[int], TimeGrid] = bool(recipe["grid"].get("jitter", False))
-    if jitter and recipe["grid"]["kind"] == "s_curve":
-        # the official random S-curve grid (STimer.rand), not a jitter of the fixed one
-        jitter = functools.partial(TimeGrid.s_curve_random, t0=float(recipe["grid"]["t0"]),
-                                   t1=float(recipe["grid"]["t1"]))
-    return DiffFlowModel(
-        network("drift"), network("score"), float(recipe["process"]["g"]), grid,
-        StandardNormal(shape), jitter=jitter,
-        progressive=schedule, gradient=gradient(),
-        sample_grid=factory(recipe["sample"]["steps"]))
+    family = part_entry(recipe, "model.family", FAMILIES)
+    return family.factory(recipe, channels_last=channels_last, compile=compile)
 
 
 def trainer_options(recipe: Mapping[str, Any]) -> dict[str, Any]:
-    """The :class:`~sdeflow.training.Trainer` keyword arguments of ``recipe``'s ``[optimizer]``
+    r"""The :class:`~sdeflow.training.Trainer` keyword arguments of ``recipe``'s ``[optimizer]``
     and ``[train]``: ``lr``, the LR schedule (``lr_gamma``, ``lr_step_size`` in iterations),
     ``grad_clip``, the EMA (``ema_decay``, ``ema_warmup``, ``ema_start``) and ``precision``.
 
+    A StepLR decaying every ``lr_step_epochs`` of the ``epochs`` (the official 2D schedule)
+    steps every :math:`\max(1, \lfloor \text{lr\_step\_epochs} \cdot \text{iterations} /
+    \text{epochs} \rfloor)` iterations: 200 for the official 3000 iterations over 30 epochs,
+    33 for ``sdeflow toy``'s 500.
+
     Example:
-        >>> from sdeflow.recipes import load_recipe
+        >>> from sdeflow.recipes import apply_overrides, load_recipe
         >>> options = trainer_options(load_recipe("toy-2d"))
         >>> options["lr_gamma"], options["lr_step_size"], options["precision"]
         (0.95, 200, 'fp16')
+        >>> trainer_options(apply_overrides(load_recipe("toy-2d"),
+        ...                                 ["train.iterations=500"]))["lr_step_size"]
+        33
     """
     opt, train = recipe["optimizer"], recipe["train"]
     if train.get("ema_every", 1) != 1:
@@ -201,9 +288,10 @@ def trainer_options(recipe: Mapping[str, Any]) -> dict[str, Any]:
         "ema_start": int(train.get("ema_start", 0)), "precision": train["precision"],
     }
     if opt["lr_schedule"] == "step":
-        per_epoch = max(1, train["iterations"] // train.get("epochs", train["iterations"]))
+        epochs = train.get("epochs", train["iterations"])
         options |= {"lr_gamma": float(opt["lr_gamma"]),
-                    "lr_step_size": int(opt["lr_step_epochs"]) * per_epoch}
+                    "lr_step_size": max(1, int(opt["lr_step_epochs"]) * train["iterations"]
+                                        // epochs)}
     else:
         options |= {"lr_gamma": 1.0, "lr_step_size": None}
     return options

@@ -1,19 +1,29 @@
 r"""Training recipes as data: the official DiffFlow configurations and sdeflow's own presets.
 
 Each recipe is a TOML file shipped beside this module (``cifar_b.toml`` for ``"cifar-b"``),
-read into a plain ``dict`` of sections::
+read into a plain ``dict`` of sections. A key that chooses a part names an entry of the part's
+:class:`~sdeflow.registry.Registry`, and the keys that part reads are the ones its entry
+declares (the registry is the only list: a part a user registers is chosen the same way)::
 
-    data       dataset, channels, image_size, resize, dequantize, random_flip (2D: sizes, scaling)
-    grid       kind ("power", "s_curve", "uniform"), t0, t1, exponent, jitter
-    schedule   the number of steps N in training: kind "fixed" (n), "stepped" (values at
-               milestones), "ramp" (n_start -> n_end over ramp_steps or ramp_fraction)
-    process    g, the constant diffusion
-    drift      net ("ddpm_unet", "lucid_unet", "fourier_mlp") and its sizes, time_input
+    model      family: sdeflow.recipes.FAMILIES ("diffflow" by default, "score", "flow")
+    data       dataset (a 2D set of sdeflow.data.TOY_DATASETS, "cifar10" or "mnist"),
+               channels, image_size, resize, dequantize, random_flip (2D: sizes, scaling)
+    grid       kind: sdeflow.grids.GRIDS ("power", "s_curve", "uniform") and its keys (t0, t1,
+               exponent); jitter: train on the kind's random grid
+    schedule   N in training, kind: sdeflow.training.STEPS_SCHEDULES ("fixed": n, "stepped":
+               values at milestones, "ramp": n_start -> n_end over ramp_steps or ramp_fraction)
+    process    g, the constant diffusion (diffflow); the score family's linear SDE: sde
+               (sdeflow.processes.LINEAR_SDES, "vp" by default) and its keys (beta_min,
+               beta_max, ...), eps (the smallest time)
+    drift      net: sdeflow.nets.NETS ("ddpm_unet", "lucid_unet", "fourier_mlp") and its keys
     score      the same
     optimizer  name, lr, lr_schedule ("constant", "step"), lr_gamma, lr_step_epochs
-    train      batch_size, epochs, iterations, grad_clip, ema, ema_start, ema_every, ema_warmup,
-               precision ("fp32", "bf16", "fp16"), gradient ("adjoint", "backprop")
-    sample     steps (N of the sampling grid)
+    train      batch_size (per process under torchrun), epochs, iterations, grad_clip, ema,
+               ema_start, ema_every, ema_warmup, precision ("fp32", "bf16", "fp16"),
+               gradient (sdeflow.gradients.GRADIENTS), discretizer
+               (sdeflow.discretizers.DISCRETIZERS, "euler_maruyama" by default), clip_time
+               (the networks see t clipped to [grid.t0, grid.t1] in training)
+    sample     steps (N of the sampling grid; absent: the evaluation grid)
 
 ``time_input`` is ``"t"`` (the network sees :math:`t` itself, as in the official code) or
 ``"<c>t"`` (it sees :math:`c\,t`, e.g. ``"1000t"``, DDPM's step-index range). Official recipes
@@ -25,10 +35,12 @@ from __future__ import annotations
 
 import copy
 import math
-import re
 from collections.abc import Iterable, Mapping
 from importlib import resources
 from typing import Any
+
+from sdeflow.nets.registry import time_scale
+from sdeflow.registry import Registry
 
 try:
     import tomllib
@@ -36,58 +48,63 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 __all__ = ["RECIPES", "load_recipe", "apply_overrides", "validate_recipe", "parse_override",
-           "recipe_get", "time_scale"]
+           "recipe_get", "recipe_schema", "part_entry", "time_scale", "CHOICES", "DEFAULTS"]
 
 #: The recipe names, official ones first.
 RECIPES: tuple[str, ...] = ("toy-2d", "mnist", "cifar-a", "cifar-b", "sdeflow-cifar")
 
 _NUMBER = (int, float)
-_LIST = (list,)
-#: The keys each section may hold, with their types (a recipe holds those its kinds need).
-SCHEMA: dict[str, dict[str, tuple[type, ...]]] = {
+#: The keys of the sections that name no replaceable part, with their types. The tables that
+#: name one (``grid``, ``schedule``, ``process``, ``drift``, ``score``) take their keys from the
+#: part's registry: :func:`recipe_schema`.
+_FIXED_SCHEMA: dict[str, dict[str, tuple[type, ...]]] = {
     "": {"name": (str,), "official": (bool,), "description": (str,)},
+    "model": {"family": (str,)},
     "data": {"dataset": (str,), "channels": (int,), "image_size": (int,), "resize": (str,),
              "dequantize": (bool,), "random_flip": (bool,), "train_size": (int,),
              "val_size": (int,), "max_abs": _NUMBER, "standardize": (bool,)},
-    "grid": {"kind": (str,), "t0": _NUMBER, "t1": _NUMBER, "exponent": _NUMBER,
-             "jitter": (bool,)},
-    "schedule": {"kind": (str,), "n": (int,), "values": _LIST, "milestones": _LIST,
-                 "n_start": (int,), "n_end": (int,), "ramp_fraction": _NUMBER,
-                 "ramp_steps": (int,)},
-    "process": {"g": _NUMBER},
-    "drift": {"net": (str,), "ch": (int,), "ch_mult": _LIST, "num_res_blocks": (int,),
-              "attn_resolutions": _LIST, "dropout": _NUMBER, "dim": (int,), "dim_mults": _LIST,
-              "attn_heads": (int,), "attn_dim_head": (int,), "width": (int,), "depth": (int,),
-              "time_input": (str,)},
     "optimizer": {"name": (str,), "lr": _NUMBER, "lr_schedule": (str,), "lr_gamma": _NUMBER,
                   "lr_step_epochs": (int,)},
     "train": {"batch_size": (int,), "epochs": (int,), "iterations": (int,),
               "grad_clip": _NUMBER, "ema": _NUMBER, "ema_start": (int,), "ema_every": (int,),
-              "ema_warmup": (bool,), "precision": (str,), "gradient": (str,)},
+              "ema_warmup": (bool,), "precision": (str,), "gradient": (str,),
+              "discretizer": (str,), "clip_time": (bool,)},
     "sample": {"steps": (int,)},
 }
-SCHEMA["score"] = SCHEMA["drift"]
-
+#: Choices of the keys that name no replaceable part (the others: their registries' names).
 CHOICES: dict[str, tuple[str, ...]] = {
-    "grid.kind": ("power", "s_curve", "uniform"),
     "data.resize": ("none", "pad", "bilinear"),
-    "schedule.kind": ("fixed", "stepped", "ramp"),
-    "net": ("ddpm_unet", "lucid_unet", "fourier_mlp"),
     "optimizer.name": ("adam",),
     "optimizer.lr_schedule": ("constant", "step"),
     "train.precision": ("fp32", "bf16", "fp16"),
-    "train.gradient": ("adjoint", "backprop"),
 }
-#: The keys each kind needs.
-_REQUIRED: dict[str, dict[str, tuple[str, ...]]] = {
-    "grid": {"power": ("t0", "t1", "exponent"), "s_curve": ("t0", "t1"),
-             "uniform": ("t0", "t1")},
-    "schedule": {"fixed": ("n",), "stepped": ("values", "milestones"),
-                 "ramp": ("n_start", "n_end")},
-    "net": {"ddpm_unet": ("ch", "ch_mult", "num_res_blocks", "attn_resolutions", "dropout"),
-            "lucid_unet": ("dim", "dim_mults"), "fourier_mlp": ("width", "depth")},
-}
-_TIME_INPUT = re.compile(r"^(?:(\d+(?:\.\d*)?(?:e[+-]?\d+)?))?t$")
+#: The defaults of the optional keys that choose parts.
+DEFAULTS: dict[str, str] = {"model.family": "diffflow", "train.discretizer": "euler_maruyama",
+                            "process.sde": "vp"}
+
+
+def recipe_schema() -> dict[str, dict[str, tuple[type, ...]]]:
+    """Every section's keys with their types: fixed for the plain sections; for those that
+    name a part, the union of the keys its registry's entries declare (so a part a user
+    registers adds its keys: ``--set drift.hidden=64`` is known once a net declares ``hidden``).
+
+    Example:
+        >>> schema = recipe_schema()
+        >>> schema["grid"]["exponent"], "dim_mults" in schema["score"]
+        ((<class 'int'>, <class 'float'>), True)
+    """
+    from sdeflow.grids import GRIDS
+    from sdeflow.nets import NETS
+    from sdeflow.processes import LINEAR_SDES
+    from sdeflow.training.progressive import STEPS_SCHEDULES
+
+    nets = {"net": (str,), **NETS.key_types()}
+    return {**_FIXED_SCHEMA,
+            "grid": {"kind": (str,), "jitter": (bool,), **GRIDS.key_types()},
+            "schedule": {"kind": (str,), **STEPS_SCHEDULES.key_types()},
+            "process": {"g": _NUMBER, "sde": (str,), "eps": _NUMBER,
+                        **LINEAR_SDES.key_types()},
+            "drift": nets, "score": dict(nets)}
 
 
 def _file_name(name: str) -> str:
@@ -120,20 +137,6 @@ def recipe_get(recipe: Mapping[str, Any], key: str, default: Any = None) -> Any:
     return node
 
 
-def time_scale(time_input: str) -> float:
-    r"""The factor :math:`c` of a ``time_input`` ``"t"`` (1) or ``"<c>t"``.
-
-    Example:
-        >>> time_scale("t"), time_scale("1000t")
-        (1.0, 1000.0)
-    """
-    match = _TIME_INPUT.match(time_input) if isinstance(time_input, str) else None
-    if match is None or (match.group(1) is not None and not float(match.group(1)) > 0):
-        raise ValueError(f"time_input must be 't' or '<c>t' with a number c > 0 (e.g. '1000t'), "
-                         f"got {time_input!r}")
-    return 1.0 if match.group(1) is None else float(match.group(1))
-
-
 def parse_override(text: str) -> tuple[str, Any]:
     """``"key.sub=value"`` as ``("key.sub", value)``; the value is read as a TOML value
     (``0.1``, ``true``, ``[5, 10]``, ``"text"``), else kept as a bare string (``power``).
@@ -157,7 +160,7 @@ def parse_override(text: str) -> tuple[str, Any]:
 def apply_overrides(recipe: Mapping[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
     """A copy of ``recipe`` with each ``"section.key=value"`` of ``overrides`` set, validated.
 
-    A key must be one :data:`SCHEMA` knows for its section (a kind's key may be added, e.g.
+    A key must be one :func:`recipe_schema` knows for its section (a kind's key may be added, e.g.
     ``grid.exponent`` with ``grid.kind=power``), and the value of its type.
 
     Example:
@@ -170,16 +173,17 @@ def apply_overrides(recipe: Mapping[str, Any], overrides: Iterable[str]) -> dict
     if isinstance(overrides, str):
         raise TypeError("overrides must be a list of 'section.key=value' strings, not one string")
     out = copy.deepcopy(dict(recipe))
+    schema = recipe_schema()
     for text in overrides:
         key, value = parse_override(text)
         section, _, name = key.rpartition(".")
-        if section not in SCHEMA or "." in section:
+        if section not in schema or "." in section:
             raise ValueError(f"override {text!r}: unknown section {section or key!r}; sections: "
-                             f"{', '.join(s for s in SCHEMA if s)}")
-        if name not in SCHEMA[section]:
+                             f"{', '.join(s for s in schema if s)}")
+        if name not in schema[section]:
             where = f"[{section}]" if section else "the top level"
             raise ValueError(f"override {text!r}: unknown key {name!r} in {where}; keys: "
-                             f"{', '.join(SCHEMA[section])}")
+                             f"{', '.join(schema[section])}")
         target = out if not section else out.setdefault(section, {})
         target[name] = value
     validate_recipe(out)
@@ -187,6 +191,8 @@ def apply_overrides(recipe: Mapping[str, Any], overrides: Iterable[str]) -> dict
 
 
 def _check_type(where: str, value: Any, types: tuple[type, ...]) -> None:
+    if not types:  # a key declared without types takes any value
+        return
     ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
     if not ok:
         names = " or ".join("number" if t is float else t.__name__ for t in types
@@ -194,88 +200,119 @@ def _check_type(where: str, value: Any, types: tuple[type, ...]) -> None:
         raise ValueError(f"{where} must be a {names}, got {value!r}")
 
 
-def _positive_ints(where: str, values: Any, *, increasing: bool = False) -> None:
-    if not isinstance(values, list) or not values or not all(
-            isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in values):
-        raise ValueError(f"{where} must be a non-empty list of integers >= 1, got {values!r}")
-    if increasing and any(b <= a for a, b in zip(values, values[1:])):
-        raise ValueError(f"{where} must be strictly increasing, got {values}")
-
-
 def _check_choice(where: str, value: str, key: str) -> None:
     if value not in CHOICES[key]:
         raise ValueError(f"{where} must be one of {', '.join(CHOICES[key])}; got {value!r}")
 
 
-def _check_required(section: str, kind: str, spec: Mapping[str, Any], table: str) -> None:
-    missing = [k for k in _REQUIRED[table][kind] if k not in spec]
+def _entry(registry: Registry[Any], name: Any, where: str):
+    """The entry ``name`` of ``registry``; an error naming the key ``where`` and the choices."""
+    if not isinstance(name, str) or name not in registry:
+        raise ValueError(f"{where} must be one of {', '.join(registry.names())}; got {name!r}")
+    return registry.entry(name)
+
+
+def _check_required(section: str, spec: Mapping[str, Any], entry: Any, key: str) -> None:
+    missing = [k for k in entry.required if k not in spec]
     if missing:
-        raise ValueError(f"[{section}] of kind {kind!r} needs {', '.join(missing)}")
+        raise ValueError(f"[{section}] of {key} {entry.name!r} needs {', '.join(missing)}")
+
+
+def _built(where: str, build: Any) -> Any:
+    """``build()``, its errors re-raised as a ``ValueError`` naming the table ``where``."""
+    try:
+        return build()
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{where}: {err}") from None
+
+
+def part_entry(recipe: Mapping[str, Any], key: str, registry: Registry[Any]) -> Any:
+    """The registry entry the recipe's ``key`` (``"grid.kind"``) names, or its default.
+
+    Example:
+        >>> from sdeflow.grids import GRIDS
+        >>> part_entry(load_recipe("cifar-b"), "grid.kind", GRIDS).name
+        's_curve'
+    """
+    return _entry(registry, recipe_get(recipe, key, DEFAULTS.get(key)), key)
 
 
 def validate_recipe(recipe: Mapping[str, Any]) -> None:
-    """Raise ``ValueError`` naming the key unless ``recipe`` is complete and consistent."""
+    """Raise ``ValueError`` naming the key unless ``recipe`` is complete and consistent.
+
+    The parts a recipe names are checked against their registries (their names, the keys each
+    declares, and for cheap parts, N schedules and grids, by building them); the sections the
+    model family needs must be there (:data:`sdeflow.recipes.FAMILIES`).
+    """
+    from sdeflow.discretizers import DISCRETIZERS
+    from sdeflow.gradients import GRADIENTS
+    from sdeflow.grids import GRIDS
+    from sdeflow.nets import NETS
+    from sdeflow.processes import LINEAR_SDES
+    from sdeflow.recipes.build import FAMILIES
+    from sdeflow.training.progressive import STEPS_SCHEDULES
+
     if not isinstance(recipe, Mapping):
         raise TypeError(f"recipe must be a mapping, got {type(recipe).__name__}")
+    schema = recipe_schema()
     for section, value in recipe.items():
-        if section not in SCHEMA or not section:
-            if section in SCHEMA[""]:
-                _check_type(section, value, SCHEMA[""][section])
+        if section not in schema or not section:
+            if section in schema[""]:
+                _check_type(section, value, schema[""][section])
                 continue
             raise ValueError(f"unknown recipe section {section!r}; sections: "
-                             f"{', '.join(s for s in SCHEMA if s)}")
+                             f"{', '.join(s for s in schema if s)}")
         if not isinstance(value, Mapping):
             raise ValueError(f"[{section}] must be a table, got {value!r}")
         for key, item in value.items():
-            if key not in SCHEMA[section]:
+            if key not in schema[section]:
                 raise ValueError(f"unknown key {section}.{key}; keys: "
-                                 f"{', '.join(SCHEMA[section])}")
-            _check_type(f"{section}.{key}", item, SCHEMA[section][key])
-    for section in ("data", "grid", "schedule", "process", "drift", "score", "optimizer",
-                    "train", "sample"):
-        if section not in recipe:
-            raise ValueError(f"recipe {recipe.get('name', '?')!r} lacks the [{section}] table")
+                                 f"{', '.join(schema[section])}")
+            _check_type(f"{section}.{key}", item, schema[section][key])
 
-    grid = recipe["grid"]
-    _check_choice("grid.kind", grid.get("kind"), "grid.kind")
-    _check_required("grid", grid["kind"], grid, "grid")
-    if not (0 <= grid["t0"] < grid["t1"] and math.isfinite(grid["t1"])):
-        raise ValueError(f"need 0 <= grid.t0 < grid.t1, got {grid['t0']} and {grid['t1']}")
-    if "exponent" in grid and not grid["exponent"] > 0:
-        raise ValueError(f"grid.exponent must be > 0, got {grid['exponent']}")
+    family = part_entry(recipe, "model.family", FAMILIES)
+    for section in ("data", "optimizer", "train", *family.required):
+        table, _, key = section.partition(".")
+        if table not in recipe:
+            needed = f" (model.family {family.name!r} needs it)" if section in family.required \
+                else ""
+            raise ValueError(f"recipe {recipe.get('name', '?')!r} lacks the [{table}] "
+                             f"table{needed}")
+        if key and key not in recipe[table]:
+            raise ValueError(f"model.family {family.name!r} needs {section}")
 
-    schedule = recipe["schedule"]
-    _check_choice("schedule.kind", schedule.get("kind"), "schedule.kind")
-    _check_required("schedule", schedule["kind"], schedule, "schedule")
-    if schedule["kind"] == "fixed" and schedule["n"] < 1:
-        raise ValueError(f"schedule.n must be >= 1, got {schedule['n']}")
-    if schedule["kind"] == "stepped":
-        _positive_ints("schedule.values", schedule["values"])
-        _positive_ints("schedule.milestones", schedule["milestones"], increasing=True)
-        if len(schedule["values"]) != len(schedule["milestones"]) + 1:
-            raise ValueError(f"schedule.values needs one more entry than schedule.milestones, "
-                             f"got {len(schedule['values'])} and "
-                             f"{len(schedule['milestones'])}")
-    if schedule["kind"] == "ramp":
-        for key in ("n_start", "n_end", "ramp_steps"):
-            if key in schedule and schedule[key] < 1:
-                raise ValueError(f"schedule.{key} must be >= 1, got {schedule[key]}")
-        if "ramp_steps" not in schedule and not 0 < schedule.get("ramp_fraction", 0) <= 1:
-            raise ValueError("schedule of kind 'ramp' needs ramp_steps >= 1 or ramp_fraction in "
-                             f"(0, 1], got {schedule.get('ramp_fraction')!r}")
-
-    if not recipe["process"].get("g", 0) > 0:
-        raise ValueError(f"process.g must be > 0 for DiffFlow, got {recipe['process'].get('g')}")
+    _validate_data(recipe["data"])
+    train = recipe["train"]
+    if "schedule" in recipe:
+        spec = recipe["schedule"]
+        entry = _entry(STEPS_SCHEDULES, spec.get("kind"), "schedule.kind")
+        _check_required("schedule", spec, entry, "kind")
+        schedule = _built(f"[schedule] of kind {entry.name!r}",
+                          lambda: entry.factory(spec, train.get("iterations", 1)))
+    if "grid" in recipe:
+        grid = recipe["grid"]
+        entry = _entry(GRIDS, grid.get("kind"), "grid.kind")
+        _check_required("grid", grid, entry, "kind")
+        if "t0" in grid and "t1" in grid and not (0 <= grid["t0"] < grid["t1"]
+                                                  and math.isfinite(grid["t1"])):
+            raise ValueError(f"need 0 <= grid.t0 < grid.t1, got {grid['t0']} and {grid['t1']}")
+        if "schedule" in recipe:
+            params = {k: grid[k] for k in entry.keys if k in grid}
+            _built(f"[grid] of kind {entry.name!r}",
+                   lambda: entry.factory(schedule.n_end, **params))
     for section in ("drift", "score"):
-        spec = recipe[section]
-        _check_choice(f"{section}.net", spec.get("net"), "net")
-        _check_required(section, spec["net"], spec, "net")
-        time_scale(spec.get("time_input", "t"))
-        for key in ("ch_mult", "dim_mults"):
-            if key in spec:
-                _positive_ints(f"{section}.{key}", spec[key])
-        if "dropout" in spec and not 0 <= spec["dropout"] < 1:
-            raise ValueError(f"{section}.dropout must be in [0, 1), got {spec['dropout']}")
+        if section in recipe:
+            spec = recipe[section]
+            entry = _entry(NETS, spec.get("net"), f"{section}.net")
+            _check_required(section, spec, entry, "net")
+            if "check" in entry.extras:
+                entry.extras["check"](section, spec)
+    process = recipe.get("process", {})
+    if "g" in process and not process["g"] > 0:
+        raise ValueError(f"process.g must be > 0, got {process['g']}")
+    if "eps" in process and not process["eps"] > 0:
+        raise ValueError(f"process.eps must be > 0, got {process['eps']}")
+    part_entry(recipe, "process.sde", LINEAR_SDES)
 
     optimizer = recipe["optimizer"]
     _check_choice("optimizer.name", optimizer.get("name"), "optimizer.name")
@@ -287,7 +324,6 @@ def validate_recipe(recipe: Mapping[str, Any]) -> None:
             if key not in optimizer:
                 raise ValueError(f"optimizer.lr_schedule 'step' needs optimizer.{key}")
 
-    train = recipe["train"]
     for key in ("batch_size", "iterations", "precision", "gradient", "grad_clip", "ema"):
         if key not in train:
             raise ValueError(f"[train] needs {key}")
@@ -301,6 +337,27 @@ def validate_recipe(recipe: Mapping[str, Any]) -> None:
     if not train["grad_clip"] > 0:
         raise ValueError(f"train.grad_clip must be > 0, got {train['grad_clip']}")
     _check_choice("train.precision", train["precision"], "train.precision")
-    _check_choice("train.gradient", train["gradient"], "train.gradient")
-    if recipe["sample"].get("steps", 1) < 1:
+    part_entry(recipe, "train.gradient", GRADIENTS)
+    part_entry(recipe, "train.discretizer", DISCRETIZERS)
+    if train.get("clip_time") and not ("grid" in recipe and {"t0", "t1"} <= set(recipe["grid"])):
+        raise ValueError("train.clip_time clips to [grid.t0, grid.t1]: the grid needs t0 and t1")
+    if recipe.get("sample", {}).get("steps", 1) < 1:
         raise ValueError(f"sample.steps must be >= 1, got {recipe['sample']['steps']}")
+    if "check" in family.extras:
+        family.extras["check"](recipe)
+
+
+def _validate_data(data: Mapping[str, Any]) -> None:
+    from sdeflow.data import TOY_DATASETS
+    from sdeflow.recipes.data import IMAGE_DATASETS
+
+    dataset = data.get("dataset")
+    if dataset not in TOY_DATASETS + IMAGE_DATASETS:
+        raise ValueError(f"data.dataset must be one of {', '.join(TOY_DATASETS + IMAGE_DATASETS)}"
+                         f"; got {dataset!r}")
+    if dataset in IMAGE_DATASETS:
+        for key in ("channels", "image_size"):
+            if key not in data:
+                raise ValueError(f"data.dataset {dataset!r} (images) needs data.{key}")
+    if "resize" in data:
+        _check_choice("data.resize", data["resize"], "data.resize")

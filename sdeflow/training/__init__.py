@@ -22,7 +22,13 @@ from sdeflow.training.interrupts import TrainingInterrupted
 from sdeflow.training.memory import retain_freed_memory
 from sdeflow.training.models import DiffFlowModel, FlowModel, GenerativeModel, ScoreModel
 from sdeflow.training.options import Checkpointing, EMAConfig, Logging, Optimization, Plots, step_lr
-from sdeflow.training.progressive import ProgressiveSteps, SteppedSteps, StepsSchedule
+from sdeflow.training.progressive import (
+    STEPS_SCHEDULES,
+    FixedSteps,
+    ProgressiveSteps,
+    SteppedSteps,
+    StepsSchedule,
+)
 from sdeflow.training.tensorboard import TensorBoardLog, tensorboard_available
 from sdeflow.training.trainer import NonFiniteError, Trainer, select_device
 
@@ -42,10 +48,12 @@ __all__ = [
     "step_lr",
     "DiffFlowModel",
     "EMA",
+    "FixedSteps",
     "FlowModel",
     "GenerativeModel",
     "NonFiniteError",
     "ProgressiveSteps",
+    "STEPS_SCHEDULES",
     "ScoreModel",
     "SteppedSteps",
     "StepsSchedule",

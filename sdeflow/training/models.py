@@ -147,6 +147,28 @@ class _GridMixin:
         return grid.jitter() if self.jitter is True else grid
 
 
+class _ClippedTime(nn.Module):
+    r"""``net(x, clamp(t, lo, hi))``: a network fed the clipped time (``clip_time``)."""
+
+    def __init__(self, net: nn.Module, lo: float, hi: float) -> None:
+        super().__init__()
+        self.net, self.lo, self.hi = net, lo, hi
+
+    def forward(self, x: Tensor, t: Tensor, **kwargs: Any) -> Tensor:
+        return self.net(x, t.clamp(self.lo, self.hi), **kwargs)
+
+
+def _check_clip(clip_time: tuple[float, float]) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in clip_time)
+    except (TypeError, ValueError):
+        raise TypeError(f"clip_time must be a pair (lo, hi) of numbers, got {clip_time!r}"
+                        ) from None
+    if not lo <= hi:
+        raise ValueError(f"clip_time must have lo <= hi, got {clip_time!r}")
+    return lo, hi
+
+
 class DiffFlowModel(_GridMixin, GenerativeModel):
     r"""DiffFlow: a trainable forward drift and score, trained on the trajectory KL.
 
@@ -171,6 +193,12 @@ class DiffFlowModel(_GridMixin, GenerativeModel):
             ``StochasticAdjoint`` for activation memory flat in :math:`N`; ``Sharded(...)`` for
             batch slices in parallel CPU threads).
         sample_grid: Grid for :meth:`sample` (default: the evaluation grid).
+        clip_time: ``(lo, hi)``: in :meth:`loss` only, both networks see
+            :math:`\mathrm{clamp}(t, lo, hi)` instead of :math:`t`, as the official training
+            does (``modules/sde_loss.py`` passes ``conder.index(t)``, which clips to
+            ``[t_start, t_end]``; its sampler passes :math:`t` itself); the steps still use
+            :math:`t`. Sampling, :meth:`nelbo` and :meth:`log_likelihood` are unchanged, and
+            so is the ``state_dict``.
 
     References:
         Diffusion Normalizing Flow (Zhang & Chen, 2021), https://arxiv.org/abs/2110.07579
@@ -201,6 +229,7 @@ class DiffFlowModel(_GridMixin, GenerativeModel):
         discretizer: Discretizer | None = None,
         gradient: GradientStrategy | None = None,
         sample_grid: TimeGrid | None = None,
+        clip_time: tuple[float, float] | None = None,
     ) -> None:
         super().__init__()
         self.drift_net, self.score_net, self.prior = drift_net, score_net, prior
@@ -213,10 +242,23 @@ class DiffFlowModel(_GridMixin, GenerativeModel):
         self._setup_grid(grid, progressive, jitter)
         self.sample_grid_ts: Tensor | None
         self.register_buffer("sample_grid_ts", None if sample_grid is None else sample_grid.ts)
+        self.clip_time = None if clip_time is None else _check_clip(clip_time)
+        # The training objective: the same parts, with the networks seeing the clipped time.
+        # Kept out of the module tree (object.__setattr__), so the state_dict has the keys of an
+        # unclipped model; every tensor it holds belongs to the registered modules.
+        loss_objective = self.objective
+        if self.clip_time is not None:
+            lo, hi = self.clip_time
+            forward = ForwardSDE(_ClippedTime(drift_net, lo, hi), self.forward_sde.schedule)
+            reverse = ReverseSDE(forward, _ClippedTime(score_net, lo, hi), lam=1.0)
+            loss_objective = DiffFlowObjective(reverse, prior,
+                                               discretizer=self.objective.discretizer,
+                                               gradient=self.objective.gradient)
+        object.__setattr__(self, "loss_objective", loss_objective)
 
     def loss(self, batch: Tensor, step: int) -> tuple[Tensor, dict[str, float]]:
         grid = self.training_grid(step)
-        terms = self.objective(batch, grid)
+        terms = self.loss_objective(batch, grid)
         return terms.loss, {"nelbo": float(terms.loss.detach()), "n_steps": grid.n_steps}
 
     @torch.no_grad()

@@ -18,15 +18,28 @@ step is :math:`s = 1`), and its ``n_end`` is the :math:`N` used for evaluation.
   .. math:: N(s) = n_{\#\{j \,:\, s > m_j\}},
 
   so :math:`N` takes its next value at step :math:`m_j + 1`.
+- :class:`FixedSteps`: :math:`N(s) = n` (declares ``constant = True``: a model trains on one
+  fixed grid).
+
+:data:`STEPS_SCHEDULES` names them for recipes (``schedule.kind``): ``fixed``, ``stepped``,
+``ramp``; each factory is ``(spec, iterations) -> StepsSchedule`` with the recipe's
+``[schedule]`` table and the run's number of iterations.
+
+Example:
+    >>> STEPS_SCHEDULES.get("ramp")({"n_start": 5, "n_end": 75, "ramp_fraction": 0.5}, 1000)
+    ProgressiveSteps(n_start=5, n_end=75, ramp_steps=500, every=1)
 """
 
 from __future__ import annotations
 
 import operator
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
-__all__ = ["StepsSchedule", "ProgressiveSteps", "SteppedSteps"]
+from sdeflow.registry import Registry
+
+__all__ = ["StepsSchedule", "ProgressiveSteps", "SteppedSteps", "FixedSteps", "STEPS_SCHEDULES"]
 
 
 class StepsSchedule(ABC):
@@ -36,6 +49,7 @@ class StepsSchedule(ABC):
 
     Attributes:
         n_end: The :math:`N` for evaluation: the last value of the schedule.
+        constant: Whether :math:`N(s) = n_{end}` at every step (a fixed grid suffices).
 
     Example:
         >>> class Constant(StepsSchedule):
@@ -47,6 +61,7 @@ class StepsSchedule(ABC):
     """
 
     n_end: int
+    constant: bool = False
 
     @abstractmethod
     def __call__(self, step: int) -> int:
@@ -143,6 +158,65 @@ class SteppedSteps(StepsSchedule):
 
     def __repr__(self) -> str:
         return f"SteppedSteps(values={self.values}, milestones={self.milestones})"
+
+
+class FixedSteps(StepsSchedule):
+    r"""One number of grid steps throughout: :math:`N(s) = n`.
+
+    Example:
+        >>> FixedSteps(30)(1), FixedSteps(30).n_end, FixedSteps(30).constant
+        (30, 30, True)
+    """
+
+    constant = True
+
+    def __init__(self, n: int) -> None:
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"n must be an integer >= 1, got {n!r}")
+        self.n_end = n
+
+    def __call__(self, step: int) -> int:
+        """:math:`N` at training step ``step`` (1-based): always ``n``."""
+        self._check_step(step)
+        return self.n_end
+
+    def __repr__(self) -> str:
+        return f"FixedSteps(n={self.n_end})"
+
+
+_NUMBER = (int, float)
+
+#: The schedules of :math:`N` by name; factories ``(spec, iterations) -> StepsSchedule``.
+STEPS_SCHEDULES: Registry[Callable[[Mapping[str, Any], int], StepsSchedule]] = Registry(
+    "N schedule", key="schedule.kind")
+
+
+@STEPS_SCHEDULES.register("fixed", required={"n": int})
+def _fixed(spec: Mapping[str, Any], iterations: int) -> StepsSchedule:
+    """:class:`FixedSteps` of ``n``."""
+    return FixedSteps(spec["n"])
+
+
+@STEPS_SCHEDULES.register("stepped", required={"values": list, "milestones": list})
+def _stepped(spec: Mapping[str, Any], iterations: int) -> StepsSchedule:
+    """:class:`SteppedSteps` of ``values`` at ``milestones``."""
+    return SteppedSteps(spec["values"], spec["milestones"])
+
+
+@STEPS_SCHEDULES.register("ramp", required={"n_start": int, "n_end": int},
+                          optional={"ramp_steps": int, "ramp_fraction": _NUMBER})
+def _ramp(spec: Mapping[str, Any], iterations: int) -> StepsSchedule:
+    """:class:`ProgressiveSteps` from ``n_start`` to ``n_end`` over ``ramp_steps``, or over
+    ``ramp_fraction`` of the ``iterations``."""
+    ramp = spec.get("ramp_steps")
+    if ramp is None:
+        fraction = spec.get("ramp_fraction")
+        if isinstance(fraction, bool) or not isinstance(fraction, _NUMBER) or \
+                not 0 < fraction <= 1:
+            raise ValueError(f"a ramp needs ramp_steps >= 1 or ramp_fraction in (0, 1], got "
+                             f"ramp_fraction={fraction!r}")
+        ramp = max(1, int(iterations * fraction))
+    return ProgressiveSteps(spec["n_start"], spec["n_end"], ramp)
 
 
 def _int_tuple(name: str, seq: Sequence[int]) -> tuple[int, ...]:
