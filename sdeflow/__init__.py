@@ -4,7 +4,8 @@ normalizing flows in PyTorch.
 The parts: processes (:mod:`sdeflow.processes`), time grids (:class:`TimeGrid`), diffusion
 schedules (:mod:`sdeflow.schedules`), step schemes (:mod:`sdeflow.discretizers`), trajectory
 distributions (:class:`ForwardTrajectory`, :class:`BackwardTrajectory`), objectives
-(:mod:`sdeflow.objectives`) and gradient strategies (:mod:`sdeflow.gradients`).
+(:mod:`sdeflow.objectives`), couplings of data and noise (:mod:`sdeflow.couplings`) and gradient
+strategies (:mod:`sdeflow.gradients`).
 
 This namespace holds the modelling parts only. The training stack (``Trainer``, the model
 families ``DiffFlowModel``, ``ScoreModel``, ``FlowModel``, ``EMA``, batch sources, schedules of
@@ -12,6 +13,7 @@ the number of steps) lives in :mod:`sdeflow.training`; networks in :mod:`sdeflow
 :mod:`sdeflow.data`, the discretizer test kit in :mod:`sdeflow.testing`.
 """
 
+from sdeflow.couplings import Coupling, IndependentCoupling, MinibatchOTCoupling
 from sdeflow.discretizers import (
     DISCRETIZERS,
     Discretizer,
@@ -40,19 +42,34 @@ from sdeflow.objectives import (
     DiffFlowTerms,
     FlowNLL,
     FlowTerms,
+    GridTime,
+    LogitNormalTime,
     ObjectiveTerms,
+    PathMatching,
+    PathMatchingTerms,
     ScoreMatchingTerms,
+    TimeSampler,
+    UniformTime,
 )
 from sdeflow.priors import DiagonalNormal, StandardNormal
 from sdeflow.processes import (
     SDE,
+    TARGETS,
     VESDE,
     VPSDE,
+    AffinePath,
+    ConvertedModel,
+    CosinePath,
     ForwardSDE,
     LinearPart,
+    LinearPath,
     LinearSDE,
+    MarginalPath,
+    PathCoefficients,
+    PathODE,
     ReverseSDE,
     SubVPSDE,
+    convert,
     probability_flow,
 )
 from sdeflow.sampling import sample
@@ -64,8 +81,26 @@ __version__ = "0.1.0"
 __all__ = [
     "DISCRETIZERS",
     "SDE",
+    "TARGETS",
     "VESDE",
     "VPSDE",
+    "AffinePath",
+    "ConvertedModel",
+    "CosinePath",
+    "Coupling",
+    "GridTime",
+    "IndependentCoupling",
+    "LinearPath",
+    "LogitNormalTime",
+    "MarginalPath",
+    "MinibatchOTCoupling",
+    "PathCoefficients",
+    "PathMatching",
+    "PathMatchingTerms",
+    "PathODE",
+    "TimeSampler",
+    "UniformTime",
+    "convert",
     "Backprop",
     "BackwardTrajectory",
     "Checkpointed",
