@@ -4,11 +4,11 @@ normalizing flows in PyTorch.
 The parts: processes (:mod:`sdeflow.processes`), time grids (:class:`TimeGrid`), diffusion
 schedules (:mod:`sdeflow.schedules`), step schemes (:mod:`sdeflow.discretizers`), trajectory
 distributions (:class:`ForwardTrajectory`, :class:`BackwardTrajectory`), objectives
-(:mod:`sdeflow.objectives`) and gradient strategies (:mod:`sdeflow.gradients`). Parts are chosen
-by name through one :class:`Registry` per kind (:data:`DISCRETIZERS`, :data:`GRADIENTS`,
-:data:`GRIDS`, :data:`LINEAR_SDES`; :data:`sdeflow.nets.NETS`,
-:data:`sdeflow.training.STEPS_SCHEDULES`, :data:`sdeflow.recipes.FAMILIES`), where a user
-registers a part of their own.
+(:mod:`sdeflow.objectives`), couplings of data and noise (:mod:`sdeflow.couplings`) and gradient
+strategies (:mod:`sdeflow.gradients`). Parts are chosen by name through one :class:`Registry` per
+kind (:data:`DISCRETIZERS`, :data:`GRADIENTS`, :data:`GRIDS`, :data:`LINEAR_SDES`;
+:data:`sdeflow.nets.NETS`, :data:`sdeflow.training.STEPS_SCHEDULES`,
+:data:`sdeflow.recipes.FAMILIES`), where a user registers a part of their own.
 
 This namespace holds the modelling parts only. The training stack (``Trainer``, the model
 families ``DiffFlowModel``, ``ScoreModel``, ``FlowModel``, ``EMA``, batch sources, schedules of
@@ -16,6 +16,7 @@ the number of steps) lives in :mod:`sdeflow.training`; networks in :mod:`sdeflow
 :mod:`sdeflow.data`, the discretizer test kit in :mod:`sdeflow.testing`.
 """
 
+from sdeflow.couplings import Coupling, IndependentCoupling, MinibatchOTCoupling
 from sdeflow.discretizers import (
     DISCRETIZERS,
     Discretizer,
@@ -45,20 +46,35 @@ from sdeflow.objectives import (
     DiffFlowTerms,
     FlowNLL,
     FlowTerms,
+    GridTime,
+    LogitNormalTime,
     ObjectiveTerms,
+    PathMatching,
+    PathMatchingTerms,
     ScoreMatchingTerms,
+    TimeSampler,
+    UniformTime,
 )
 from sdeflow.priors import DiagonalNormal, StandardNormal
 from sdeflow.processes import (
     LINEAR_SDES,
     SDE,
+    TARGETS,
     VESDE,
     VPSDE,
+    AffinePath,
+    ConvertedModel,
+    CosinePath,
     ForwardSDE,
     LinearPart,
+    LinearPath,
     LinearSDE,
+    MarginalPath,
+    PathCoefficients,
+    PathODE,
     ReverseSDE,
     SubVPSDE,
+    convert,
     probability_flow,
 )
 from sdeflow.registry import Registry
@@ -74,8 +90,26 @@ __all__ = [
     "GRIDS",
     "LINEAR_SDES",
     "SDE",
+    "TARGETS",
     "VESDE",
     "VPSDE",
+    "AffinePath",
+    "ConvertedModel",
+    "CosinePath",
+    "Coupling",
+    "GridTime",
+    "IndependentCoupling",
+    "LinearPath",
+    "LogitNormalTime",
+    "MarginalPath",
+    "MinibatchOTCoupling",
+    "PathCoefficients",
+    "PathMatching",
+    "PathMatchingTerms",
+    "PathODE",
+    "TimeSampler",
+    "UniformTime",
+    "convert",
     "Backprop",
     "BackwardTrajectory",
     "Checkpointed",

@@ -57,6 +57,10 @@ PROBES: tuple[str, ...] = ("rademacher", "gaussian")
 #: torchdiffeq's fixed-step methods (they step on the grid's times).
 _FIXED_GRID_METHODS = frozenset({"euler", "midpoint", "heun2", "heun3", "rk4", "explicit_adams",
                                  "implicit_adams", "fixed_adams"})
+#: torchdiffeq's adaptive Runge–Kutta methods: they step past the last time and interpolate back
+#: unless told to land on it (``step_t``), which would evaluate the ODE beyond t1 (where, e.g.,
+#: an affine path's SDE form with alpha(1) = 0 does not exist)
+_ADAPTIVE_RK_METHODS = frozenset({"dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun"})
 #: ``trace="auto"`` is exact up to this many elements per state.
 AUTO_EXACT_MAX_DIM = 32
 
@@ -267,6 +271,8 @@ def ode_log_likelihood(
     dynamics = _Dynamics(ode, probes, create_graph)
     fixed_grid = method in _FIXED_GRID_METHODS and "step_size" not in (options or {})
     ts = grid.ts if fixed_grid else grid.ts[[0, -1]]
+    if method in _ADAPTIVE_RK_METHODS and "step_t" not in (options or {}):
+        options = {**(options or {}), "step_t": grid.ts[-1:]}  # never evaluate beyond t1
     delta0 = torch.zeros(x0.shape[0], dtype=x0.dtype, device=x0.device)
     with torch.set_grad_enabled(create_graph):
         xs, deltas = odeint(dynamics, (x0, delta0), ts, rtol=rtol, atol=atol, method=method,

@@ -17,7 +17,10 @@ is treated exactly as a built-in one:
 - :meth:`SDE.linear_part`: a linear drift part :math:`a(t)\,x` with closed-form marginals (the
   exponential integrator integrates it exactly), or ``None`` (default);
 - :attr:`SDE.closed_form_marginals`: :meth:`SDE.marginal` gives :math:`x_t \mid x_0` (denoising
-  score matching needs it). Default ``False``.
+  score matching needs it). Default ``False``;
+- :attr:`SDE.affine_path`: :math:`x_t = \alpha(t)\,x_0 + \sigma(t)\,\epsilon`, with
+  :meth:`SDE.path_coefficients` giving :math:`(\alpha, \sigma, \alpha', \sigma')` (path matching
+  and the conversions between its four targets need them). Default ``False``.
 """
 
 from __future__ import annotations
@@ -25,13 +28,13 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from torch import Tensor, nn
 
 from sdeflow._checks import as_time, expand_to
 
-__all__ = ["SDE", "LinearPart", "LinearCoefficients", "require_additive_noise"]
+__all__ = ["SDE", "LinearPart", "LinearCoefficients", "PathCoefficients", "require_additive_noise"]
 
 
 class LinearCoefficients(Protocol):
@@ -44,6 +47,16 @@ class LinearCoefficients(Protocol):
 
     def marginal_coefs(self, t: Tensor) -> tuple[Tensor, Tensor]:
         """:math:`(m(t), \\sigma(t))`, each shaped like ``t``."""
+
+
+class PathCoefficients(NamedTuple):
+    r"""An affine path :math:`x_t = \alpha(t)\,x_0 + \sigma(t)\,\epsilon` at times ``t``: the
+    coefficients and their time derivatives, each shaped like ``t``."""
+
+    alpha: Tensor
+    sigma: Tensor
+    d_alpha: Tensor
+    d_sigma: Tensor
 
 
 @dataclass(frozen=True)
@@ -85,6 +98,9 @@ class SDE(nn.Module, ABC):
     sde_type: str = "ito"
     #: Whether :meth:`marginal` gives :math:`x_t \mid x_0` in closed form.
     closed_form_marginals: bool = False
+    #: Whether :math:`x_t = \alpha(t)\,x_0 + \sigma(t)\,\epsilon` with
+    #: :meth:`path_coefficients` declared (then :math:`x_t \mid x_0` is Gaussian, isotropic).
+    affine_path: bool = False
 
     @abstractmethod
     def drift(self, x: Tensor, t: Tensor) -> Tensor:
@@ -117,6 +133,12 @@ class SDE(nn.Module, ABC):
         r"""Mean and std of :math:`x_t \mid x_0` where :attr:`closed_form_marginals` is declared."""
         raise TypeError(f"{type(self).__name__} has no closed-form marginals "
                         f"(closed_form_marginals = False)")
+
+    def path_coefficients(self, t: Tensor) -> PathCoefficients:
+        r""":math:`(\alpha, \sigma, \alpha', \sigma')` at times ``t`` where :attr:`affine_path` is
+        declared."""
+        raise TypeError(f"{type(self).__name__} declares no affine path x_t = alpha(t) x0 + "
+                        f"sigma(t) eps (affine_path = False)")
 
     def drift_on_grid(self, ts: Tensor) -> Callable[[int, Tensor], Tensor]:
         """``(i, x) -> drift(x, ts[i])`` for a 1-D tensor of times, with any per-grid work done

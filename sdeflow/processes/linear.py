@@ -19,7 +19,7 @@ from torch import Tensor
 from torch.distributions import Distribution, Independent, Normal
 
 from sdeflow._checks import as_time, expand_to
-from sdeflow.processes.base import SDE, LinearPart
+from sdeflow.processes.base import SDE, LinearPart, PathCoefficients
 from sdeflow.schedules import schedule_values
 
 __all__ = ["LinearSDE", "VPSDE", "SubVPSDE", "VESDE"]
@@ -35,6 +35,7 @@ class LinearSDE(SDE):
     T: float = 1.0
     additive_noise = True
     closed_form_marginals = True
+    affine_path = True
 
     @abstractmethod
     def drift_coef(self, t: Tensor) -> Tensor:
@@ -70,6 +71,23 @@ class LinearSDE(SDE):
         t = as_time(t, x0)
         m, s = self.marginal_coefs(t)
         return expand_to(m, x0) * x0, expand_to(s, x0)
+
+    def path_coefficients(self, t: Tensor) -> PathCoefficients:
+        r"""The process as an affine path :math:`x_t = m(t)\,x_0 + \sigma(t)\,\epsilon`:
+        :math:`(m, \sigma, m', \sigma')` with :math:`m' = a\,m` and, from
+        :math:`(\sigma^2)' = 2a\sigma^2 + g^2`, :math:`\sigma' = a\,\sigma + g^2/(2\sigma)`
+        (infinite where :math:`\sigma = 0 < g`, as for VP and VE at :math:`t = 0`).
+
+        Example:
+            >>> import torch
+            >>> alpha, sigma, d_alpha, d_sigma = VESDE(0.01, 50.0).path_coefficients(torch.ones(1))
+            >>> float(d_alpha), round(float(d_sigma / sigma), 4)  # VE: sigma' = sigma log(50/0.01)
+            (0.0, 8.5172)
+        """
+        a = self.drift_coef(t)
+        m, s = self.marginal_coefs(t)
+        g = self.diffusion_scale(t)
+        return PathCoefficients(m, s, a * m, a * s + g.square() / (2 * s))
 
     def prior(
         self, state_shape: tuple[int, ...], *, dtype: torch.dtype | None = None,
