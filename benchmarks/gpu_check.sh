@@ -12,10 +12,9 @@
 #   4. compiled CIFAR-10 rows (torch.compile default, max-autotune-no-cudagraphs,
 #      reduce-overhead), the inductor cache kept in outputs/inductor-cache;
 #   5. the 2D sampling benchmark (issue 4), if time is left;
-#   6. examples/diffflow_cifar.py end to end with the paper-size U-Nets (killed after its first
-#      checkpoint, resumed), if time is left;
-#   7. OPTIONAL (skipped while the commands are absent): a short CIFAR-B training
-#      (examples/diffflow_cifar.py --preset cifar-b) and `sdeflow evaluate` of its run folder;
+#   6. `sdeflow train --preset cifar-b` end to end with the paper-size U-Nets (killed after its
+#      first checkpoint, resumed by the same command), if time is left;
+#   7. OPTIONAL: `sdeflow sample` and `sdeflow evaluate` of that run folder;
 #   8. one summary table (benchmarks/gpu_summary.py), printed last.
 #
 # It installs nothing heavy: the machine has torch, einops, hypothesis, pytest and torchdiffeq;
@@ -125,53 +124,41 @@ if enough 60; then
 fi
 
 ex=/tmp/diffflow_cifar_gpu
-section "6. examples/diffflow_cifar.py: paper-size U-Nets, killed after a checkpoint, resumed"
+section "6. sdeflow train --preset cifar-b: paper-size U-Nets, killed after a checkpoint, resumed"
+# The same command twice: the second run resumes (SIGKILL after the first checkpoint, as a
+# preempted job), then sdeflow sample and sdeflow evaluate read the run folder.
 if enough 120; then
     rm -rf "$ex"
     python3 -c "from pathlib import Path; from sdeflow.data import write_tiny_cifar10_archive \
 as w; p = Path('$ex/data'); p.mkdir(parents=True); w(p, n_train=256, n_test=16, seed=0)"
-    common=(--data-dir "$ex/data" --no-verify --no-download --out-dir "$ex/run" --steps 24
-            --batch-size 32 --n-start 5 --n-end 10 --ramp-steps 12 --sample-steps 30
-            --log-every 4 --plot-every 12 --checkpoint-every 8 --eval-every 0 --eval-size 4
-            --ode-tol 1e-3 --no-progress)
-    # First run: stopped once its step-8 checkpoint exists (SIGKILL, as a preempted job is).
-    python3 examples/diffflow_cifar.py "${common[@]}" &
+    common=(train --preset cifar-b --data-dir "$ex/data" --no-verify --out "$ex/run"
+            --set train.iterations=24 --set train.batch_size=32
+            --set "schedule.values=[5, 10]" --set "schedule.milestones=[12]"
+            --set sample.steps=30 --log-every 4 --plot-every 12 --checkpoint-every 8
+            --eval-every 0 --eval-size 4 --fid-samples 0 --no-progress)
+    python3 -m sdeflow "${common[@]}" &
     pid=$!
     for _ in $(seq 120); do
         sleep 1
-        if [ -f "$ex/run/checkpoint.pt" ] || ! kill -0 "$pid" 2>/dev/null; then break; fi
+        if [ -f "$ex/run/checkpoint.json" ] || ! kill -0 "$pid" 2>/dev/null; then break; fi
     done
     kill -9 "$pid" 2>/dev/null && echo "killed the first run after its first checkpoint"
     wait "$pid" 2>/dev/null
-    check "$(limit 150 20)" python3 examples/diffflow_cifar.py "${common[@]}" --resume
-    last=$(ls "$ex/run/samples"/*.png 2>/dev/null | tail -1)
-    [ -n "$last" ] && cp "$last" "$res/cifar_example_samples.png"
+    check "$(limit 150 20)" python3 -m sdeflow "${common[@]}"
+    [ -f "$ex/run/samples.png" ] && cp "$ex/run/samples.png" "$res/cifar_example_samples.png"
     grep '"event"' "$ex/run/metrics.jsonl" || true
-    [ -f "$ex/run/results.json" ] && cat "$ex/run/results.json" || status=1
+    [ -f "$ex/run/metrics.json" ] && cat "$ex/run/metrics.json" || status=1
     snapshot
 fi
 
-section "7. OPTIONAL: short CIFAR-B training, then sdeflow evaluate (skipped while absent)"
-# Guarded: runs only once examples/diffflow_cifar.py has --preset cifar-b and the sdeflow
-# command has its evaluate subcommand; a failure here is reported but does not fail the check.
-if ! python3 examples/diffflow_cifar.py --help 2>/dev/null | grep -q "cifar-b"; then
-    echo "-- skipped: examples/diffflow_cifar.py has no --preset cifar-b yet"
-elif ! python3 -m sdeflow evaluate --help >/dev/null 2>&1; then
-    echo "-- skipped: the sdeflow command has no evaluate subcommand yet"
-elif enough 90; then
-    [ -d "$ex/data" ] || python3 -c "from pathlib import Path; from sdeflow.data import \
-write_tiny_cifar10_archive as w; p = Path('$ex/data'); p.mkdir(parents=True); \
-w(p, n_train=256, n_test=16, seed=0)"
-    rm -rf "$ex/cifar_b"
-    if timeout "$(limit 120 45)" python3 examples/diffflow_cifar.py --preset cifar-b \
-        --data-dir "$ex/data" --no-verify --no-download --out-dir "$ex/cifar_b" --steps 24 \
-        --batch-size 32 --log-every 4 --checkpoint-every 24 --eval-every 0 --eval-size 4 \
-        --ode-tol 1e-3 --no-progress; then
-        timeout "$(limit 120 15)" python3 -m sdeflow evaluate "$ex/cifar_b" \
-            || echo "!! optional: sdeflow evaluate failed (exit $?)"
-    else
-        echo "!! optional: the short CIFAR-B training failed"
-    fi
+section "7. OPTIONAL: sdeflow sample and sdeflow evaluate of that run folder"
+# a failure here is reported but does not fail the check (FID needs the eval extra, absent here)
+if [ -f "$ex/run/metrics.json" ] && enough 60; then
+    timeout "$(limit 60 15)" python3 -m sdeflow sample "$ex/run" --steps 30 --n 64 \
+        --out "$res/cifar_sample_N30.png" --no-progress \
+        || echo "!! optional: sdeflow sample failed (exit $?)"
+    timeout "$(limit 90 15)" python3 -m sdeflow evaluate "$ex/run" --no-fid --bpd-images 8 \
+        --ode-tol 1e-3 --no-progress || echo "!! optional: sdeflow evaluate failed (exit $?)"
 fi
 
 section "8. summary"

@@ -1,4 +1,4 @@
-"""End to end: ``examples/diffflow_cifar.py --smoke`` on a tiny archive in the real CIFAR-10
+"""End to end: ``sdeflow train --preset cifar-b --smoke`` on a tiny archive in the real CIFAR-10
 format (loss finite, sample grid written, bits/dim reported, exact resume), its errors on
 missing or damaged data, its GPU options (``--channels-last``, ``--compile``) and their
 checkpoints; and ``benchmarks/cifar_train.py`` on tiny nets (variants, errors, time limit)."""
@@ -16,11 +16,13 @@ import pytest
 import torch
 from conftest import needs_cpp_compiler
 
+from sdeflow.cli import main
 from sdeflow.data import write_tiny_cifar10_archive
-from sdeflow.training import load_checkpoint
+from sdeflow.recipes import apply_overrides, build_model, load_recipe
+from sdeflow.runs import ImageBatches, smoke_overrides
+from sdeflow.training import TensorBatches, load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
-EXAMPLE = ROOT / "examples" / "diffflow_cifar.py"
 BENCHMARK = ROOT / "benchmarks" / "cifar_train.py"
 
 
@@ -31,15 +33,11 @@ def _load(path: Path, name: str):
     return module
 
 
-def _example():
-    return _load(EXAMPLE, "diffflow_cifar_example")
-
-
-@pytest.fixture(scope="module")
-def example():
+@pytest.fixture(autouse=True)
+def _restore_threads():
     threads = torch.get_num_threads()
-    yield _example()
-    torch.set_num_threads(threads)  # --smoke trains on one thread
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture
@@ -50,12 +48,13 @@ def data_dir(tmp_path: Path) -> Path:
     return folder
 
 
-def _argv(data_dir: Path, out: Path, *extra: str) -> list[str]:
+def _argv(data_dir: Path, out: Path, *extra: str, steps: int = 4) -> list[str]:
     # the generated archive is not CIFAR-10: its MD5 check is turned off explicitly; FID (real
     # Inception network, seconds per image on the CPU) is tested in tests/test_evaluate.py
-    return ["--smoke", "--data-dir", str(data_dir), "--no-verify", "--no-download",
-            "--out-dir", str(out), "--ramp-steps", "2", "--eval-size", "2", "--no-progress",
-            "--fid-samples", "0", *extra]
+    return ["train", "--preset", "cifar-b", "--smoke", "--data-dir", str(data_dir),
+            "--no-verify", "--out", str(out), "--eval-size", "2", "--eval-every", "2",
+            "--fid-samples", "0", "--no-progress", "--log-every", "1", "--plot-every", "2",
+            "--checkpoint-every", "2", "--set", f"train.iterations={steps}", *extra]
 
 
 def _records(path: Path) -> list[dict]:
@@ -63,37 +62,35 @@ def _records(path: Path) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_smoke_run_then_resume_equals_uninterrupted(example, data_dir: Path,
-                                                     tmp_path: Path) -> None:
+def test_smoke_run_then_resume_equals_uninterrupted(data_dir: Path, tmp_path: Path,
+                                                     capsys) -> None:
     out = tmp_path / "run"
-    first = example.main(_argv(data_dir, out, "--steps", "2"))
-    assert first["steps"] == 2
-    with pytest.raises(SystemExit, match="--resume"):  # never overwrite a run silently
-        example.main(_argv(data_dir, out, "--steps", "4"))
-    resumed = example.main(_argv(data_dir, out, "--steps", "4", "--resume"))
-
-    assert resumed["steps"] == 4 and resumed["world_size"] == 1 and resumed["params_in_sync"]
-    assert math.isfinite(resumed["last_loss"])
+    assert main(_argv(data_dir, out, steps=2)) == 0
+    assert json.loads((out / "metrics.json").read_text())["steps"] == 2
+    capsys.readouterr()
+    assert main(_argv(data_dir, out, steps=4)) == 0  # the same command, more steps
+    assert f"extending {out} from 2 to 4 iterations, at step 2" in capsys.readouterr().err
+    resumed = json.loads((out / "metrics.json").read_text())
+    assert resumed["steps"] == 4 and resumed["world_size"] == 1
+    assert math.isfinite(resumed["final_loss"])
     # bits/dim by both routes, with the 8-bit dequantization term: a few bits/dim or more
     for key in ("bpd_elbo", "bpd_ode"):
         assert math.isfinite(resumed[key]) and resumed[key] > 1.0, (key, resumed[key])
-    assert json.loads((out / "results.json").read_text())["steps"] == 4
-    evals = _records(out / "eval.jsonl")
-    assert [e["step"] for e in evals] == [2, 4]
+    assert [e["step"] for e in _records(out / "eval.jsonl")] == [2, 4]
     records = _records(out / "metrics.jsonl")
     losses = [r["loss"] for r in records if "loss" in r]
     assert len(losses) == 4 and all(math.isfinite(v) for v in losses)
     assert any(r.get("event") == "resume" and r["step"] == 2 for r in records)
-    assert [r["n_steps"] for r in records if "loss" in r] == [2, 3, 4, 4]  # progressive N
-    grid = out / "samples" / "step_000004.png"
+    assert [r["n_steps"] for r in records if "loss" in r] == [2, 3, 4, 4]  # stepped N
     import matplotlib.image
 
-    image = matplotlib.image.imread(grid)
-    assert image.shape[0] > 32 and image.shape[1] > 32 and image.shape[2] in (3, 4)
+    for grid in (out / "samples" / "step_000004.png", out / "samples.png"):
+        image = matplotlib.image.imread(grid)
+        assert image.shape[0] > 32 and image.shape[1] > 32 and image.shape[2] in (3, 4)
 
     # the same four steps without interruption: bit-identical weights, EMA and optimizer
     straight = tmp_path / "straight"
-    example.main(_argv(data_dir, straight, "--steps", "4"))
+    assert main(_argv(data_dir, straight, steps=4)) == 0
     a = load_checkpoint(out / "checkpoint.pt")
     b = load_checkpoint(straight / "checkpoint.pt")
     assert a["step"] == b["step"] == 4
@@ -105,54 +102,40 @@ def test_smoke_run_then_resume_equals_uninterrupted(example, data_dir: Path,
             assert torch.equal(sa[key], sb[key]), (part, key)
 
 
-def test_missing_data_dir_is_named(example, tmp_path: Path) -> None:
+def test_missing_data_dir_is_named(tmp_path: Path, capsys) -> None:
     missing = tmp_path / "no-such-folder"
-    with pytest.raises(SystemExit, match=str(missing)) as err:
-        example.main(_argv(missing, tmp_path / "run"))
-    assert "does not exist" in str(err.value)
+    assert main(_argv(missing, tmp_path / "run")) == 1
+    err = capsys.readouterr().err
+    assert str(missing) in err and "does not exist" in err
+    assert not (tmp_path / "run").exists()  # nothing was written
 
 
-def test_truncated_archive_is_named(example, data_dir: Path, tmp_path: Path) -> None:
+def test_truncated_archive_is_named(data_dir: Path, tmp_path: Path, capsys) -> None:
     archive = data_dir / "cifar-10-python.tar.gz"
     archive.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
-    with pytest.raises(SystemExit, match="truncated or corrupt") as err:
-        example.main(_argv(data_dir, tmp_path / "run"))
-    assert str(archive) in str(err.value)
+    assert main(_argv(data_dir, tmp_path / "run")) == 1
+    err = capsys.readouterr().err
+    assert "truncated or corrupt" in err and str(archive) in err
 
 
-def test_corrupt_archive_fails_its_md5(example, data_dir: Path, tmp_path: Path) -> None:
+def test_corrupt_archive_fails_its_md5(data_dir: Path, tmp_path: Path, capsys) -> None:
     # verification is on unless --no-verify: the generated archive is not the published one
     argv = [a for a in _argv(data_dir, tmp_path / "run") if a != "--no-verify"]
-    with pytest.raises(SystemExit, match="MD5") as err:
-        example.main(argv)
-    assert str(data_dir / "cifar-10-python.tar.gz") in str(err.value)
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "MD5" in err and str(data_dir / "cifar-10-python.tar.gz") in err
 
 
-def test_bad_arguments(example, tmp_path: Path) -> None:
-    with pytest.raises(SystemExit):  # no data without --smoke
-        example.parse_args(["--out-dir", str(tmp_path)])
-    with pytest.raises(SystemExit):
-        example.parse_args(["--data-dir", str(tmp_path), "--ch-mult", "1,x"])
-    with pytest.raises(SystemExit):
-        example.parse_args(["--smoke", "--t0", "0.2", "--t1", "0.1"])
-    args = example.parse_args(["--data-dir", str(tmp_path)])  # sdeflow's own preset
-    r = args.recipe
-    assert args.preset == "sdeflow-cifar"
-    assert (r["grid"]["t1"], r["process"]["g"], r["train"]["batch_size"], r["optimizer"]["lr"],
-            r["train"]["ema"], r["train"]["gradient"]) == (0.05, 1.0, 100, 2e-4, 0.999, "adjoint")
-    assert (r["drift"]["ch"], r["score"]["ch"], r["drift"]["ch_mult"],
-            r["drift"]["attn_resolutions"]) == (128, 64, [1, 2, 2, 2], [16])
-    assert (r["schedule"]["n_start"], r["schedule"]["n_end"], r["sample"]["steps"]) == \
-        (5, 75, 100)
+def test_an_image_recipe_needs_its_data(tmp_path: Path, capsys) -> None:
+    assert main(["train", "--preset", "cifar-b", "--out", str(tmp_path / "run")]) == 1
+    assert "needs --data-dir" in capsys.readouterr().err
 
 
 # -- GPU options: --channels-last and --compile ------------------------------------------------
-def test_gpu_options_are_off_by_default_and_build_as_asked(example, tmp_path: Path) -> None:
-    args = example.parse_args(["--data-dir", str(tmp_path)])
-    assert not args.channels_last and not args.compile
-    smoke = ["--smoke", "--out-dir", str(tmp_path)]
-    plain = example.build_model(example.parse_args(smoke))
-    model = example.build_model(example.parse_args([*smoke, "--channels-last", "--compile"]))
+def test_gpu_layout_options_build_as_asked() -> None:
+    tiny = apply_overrides(load_recipe("cifar-b"), smoke_overrides(load_recipe("cifar-b")))
+    plain = build_model(tiny)
+    model = build_model(tiny, channels_last=True, compile=True)
     for net in (model.drift_net, model.score_net):
         weight = net.conv_in.weight
         assert weight.is_contiguous(memory_format=torch.channels_last)
@@ -168,15 +151,12 @@ def test_gpu_options_are_off_by_default_and_build_as_asked(example, tmp_path: Pa
     assert clone.drift_net.conv_in.weight.data_ptr() != model.drift_net.conv_in.weight.data_ptr()
 
 
-def test_channels_last_batches_hold_the_same_values(example) -> None:
-    from sdeflow.training import TensorBatches
-
+def test_channels_last_batches_hold_the_same_values() -> None:
     images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
     batches = {}
     for channels_last in (False, True):
         torch.manual_seed(3)  # the dequantization and flip noise
-        source = example.ImageBatches(TensorBatches(images, 4, seed=0),
-                                      channels_last=channels_last)
+        source = ImageBatches(TensorBatches(images, 4, seed=0), channels_last=channels_last)
         batches[channels_last] = source.next_batch()
     assert batches[True].is_contiguous(memory_format=torch.channels_last)
     assert batches[False].is_contiguous()
@@ -184,21 +164,18 @@ def test_channels_last_batches_hold_the_same_values(example) -> None:
     assert torch.equal(batches[True], batches[False])
 
 
-def test_smoke_channels_last_trains_and_resumes(example, data_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.slow
+def test_smoke_channels_last_trains_and_resumes(data_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    first = example.main(_argv(data_dir, out, "--steps", "2", "--channels-last"))
-    assert first["steps"] == 2 and math.isfinite(first["last_loss"])
+    assert main(_argv(data_dir, out, "--channels-last", steps=2)) == 0
     state = load_checkpoint(out / "checkpoint.pt")
     weight = state["model"]["drift_net.conv_in.weight"]
     assert weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
-    resumed = example.main(_argv(data_dir, out, "--steps", "4", "--resume", "--channels-last"))
-    assert resumed["steps"] == 4 and math.isfinite(resumed["last_loss"])
-    for key in ("bpd_elbo", "bpd_ode"):
-        assert math.isfinite(resumed[key]) and resumed[key] > 1.0, (key, resumed[key])
+    assert main(_argv(data_dir, out, "--channels-last", steps=4)) == 0
+    resumed = json.loads((out / "metrics.json").read_text())
+    assert resumed["steps"] == 4 and math.isfinite(resumed["final_loss"])
     records = _records(out / "metrics.jsonl")
     assert any(r.get("event") == "resume" and r["step"] == 2 for r in records)
-    losses = [r["loss"] for r in records if "loss" in r]
-    assert len(losses) == 4 and all(math.isfinite(v) for v in losses)
     final = load_checkpoint(out / "checkpoint.pt")
     assert final["step"] == 4
     assert not torch.equal(final["model"]["drift_net.conv_in.weight"], weight)  # it trained
@@ -206,11 +183,11 @@ def test_smoke_channels_last_trains_and_resumes(example, data_dir: Path, tmp_pat
 
 @pytest.mark.slow  # compiling the tiny U-Nets takes a minute or more on a 2-core CPU
 @needs_cpp_compiler
-def test_smoke_compile_checkpoints_resume_with_or_without_it(example, data_dir: Path,
+def test_smoke_compile_checkpoints_resume_with_or_without_it(data_dir: Path,
                                                              tmp_path: Path) -> None:
     compiled, plain = tmp_path / "compiled", tmp_path / "plain"
-    first = example.main(_argv(data_dir, compiled, "--steps", "2", "--compile"))
-    example.main(_argv(data_dir, plain, "--steps", "2"))
+    assert main(_argv(data_dir, compiled, "--compile", steps=2)) == 0
+    assert main(_argv(data_dir, plain, steps=2)) == 0
     a, b = load_checkpoint(compiled / "checkpoint.pt"), load_checkpoint(plain / "checkpoint.pt")
     assert sorted(a["model"]) == sorted(b["model"])  # no "_orig_mod." anywhere
     assert sorted(a["ema"]["module"]) == sorted(b["ema"]["module"])
@@ -219,13 +196,11 @@ def test_smoke_compile_checkpoints_resume_with_or_without_it(example, data_dir: 
     la = [r["loss"] for r in _records(compiled / "metrics.jsonl") if "loss" in r]
     lb = [r["loss"] for r in _records(plain / "metrics.jsonl") if "loss" in r]
     assert la == pytest.approx(lb, rel=1e-4)
-    assert math.isfinite(first["bpd_elbo"])
     # a compiled run resumes without --compile, a plain one with it
-    done = example.main(_argv(data_dir, compiled, "--steps", "3", "--resume"))
-    assert done["steps"] == 3 and math.isfinite(done["last_loss"])
-    done = example.main(_argv(data_dir, plain, "--steps", "3", "--resume", "--compile"))
-    assert done["steps"] == 3 and math.isfinite(done["last_loss"])
+    assert main(_argv(data_dir, compiled, steps=3)) == 0
+    assert main(_argv(data_dir, plain, "--compile", steps=3)) == 0
     for out in (compiled, plain):
+        assert json.loads((out / "metrics.json").read_text())["steps"] == 3
         assert any(r.get("event") == "resume" and r["step"] == 2
                    for r in _records(out / "metrics.jsonl"))
 

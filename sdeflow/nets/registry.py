@@ -3,7 +3,8 @@ r"""The networks by name (a recipe's ``[drift]`` and ``[score]`` ``net``): :data
 Each factory is ``(spec, shape) -> nn.Module``: ``spec`` is the recipe's network table (its
 ``net`` and the keys the entry declares), ``shape`` the shape of one state. An entry's
 ``extras["check"]``, when present, is ``(section, spec) -> None`` and raises a ``ValueError``
-naming the key; the recipe loader calls it.
+naming the key; the recipe loader calls it. ``extras["tiny"]``, when present, holds the entry's
+keys for a network of a few thousand parameters (``--smoke`` runs, :mod:`sdeflow.runs.smoke`).
 
 - ``fourier_mlp``: :class:`~sdeflow.nets.FourierMLP` of ``width`` and ``depth`` on flat states;
 - ``ddpm_unet``: :class:`~sdeflow.nets.UNet` (``ch``, ``ch_mult``, ``num_res_blocks``,
@@ -76,7 +77,7 @@ def _image(name: str, shape: tuple[int, ...]) -> None:
 
 
 @NETS.register("fourier_mlp", required={"width": int, "depth": int},
-               optional={"time_input": str}, check=_check)
+               optional={"time_input": str}, check=_check, tiny={"width": 16, "depth": 1})
 def fourier_mlp(spec: Mapping[str, Any], shape: tuple[int, ...]) -> nn.Module:
     """:class:`~sdeflow.nets.FourierMLP` ``(d, width, depth)`` for states ``(d,)``."""
     from sdeflow.nets.mlp import FourierMLP
@@ -91,7 +92,9 @@ def fourier_mlp(spec: Mapping[str, Any], shape: tuple[int, ...]) -> nn.Module:
 
 @NETS.register("ddpm_unet", required={"ch": int, "ch_mult": list, "num_res_blocks": int,
                                       "attn_resolutions": list, "dropout": _NUMBER},
-               optional={"time_input": str}, check=_check)
+               optional={"time_input": str}, check=_check,
+               tiny={"ch": 8, "ch_mult": [1, 2], "num_res_blocks": 1, "attn_resolutions": [16],
+                     "dropout": 0.0})
 def ddpm_unet(spec: Mapping[str, Any], shape: tuple[int, ...]) -> nn.Module:
     """:class:`~sdeflow.nets.UNet` (DDPM) for states ``(C, H, W)``."""
     from sdeflow.nets.unet import UNet
@@ -106,7 +109,8 @@ def ddpm_unet(spec: Mapping[str, Any], shape: tuple[int, ...]) -> nn.Module:
 
 @NETS.register("lucid_unet", required={"dim": int, "dim_mults": list},
                optional={"attn_heads": int, "attn_dim_head": int, "time_input": str},
-               check=_check)
+               check=_check, tiny={"dim": 8, "dim_mults": [1, 2], "attn_heads": 2,
+                                   "attn_dim_head": 4})
 def lucid_unet(spec: Mapping[str, Any], shape: tuple[int, ...]) -> nn.Module:
     """:class:`~sdeflow.nets.LucidUNet` (linear attention) for states ``(C, H, W)``."""
     from sdeflow.nets.lucid_unet import LucidUNet

@@ -37,7 +37,7 @@ from sdeflow.recipes.loader import DEFAULTS, part_entry, recipe_get, validate_re
 from sdeflow.registry import Registry
 
 __all__ = ["FAMILIES", "state_shape", "build_network", "grid_factory", "random_grid_factory",
-           "steps_schedule", "final_steps", "build_model", "trainer_options"]
+           "steps_schedule", "final_steps", "build_model", "sampling_grid", "trainer_options"]
 
 #: The model families by name (``model.family``); factories
 #: ``(recipe, *, channels_last, compile) -> nn.Module``. ``required`` holds the sections
@@ -180,8 +180,21 @@ def _check_diffflow(recipe: Mapping[str, Any]) -> None:
                          f"{recipe_get(recipe, 'train.discretizer')!r}")
 
 
+def _grid_of(recipe: Mapping[str, Any], n: int) -> TimeGrid:
+    return grid_factory(recipe)(n)
+
+
+def _score_grid_of(recipe: Mapping[str, Any], n: int) -> TimeGrid:
+    from sdeflow.processes import LINEAR_SDES
+
+    process = recipe.get("process", {})
+    entry = part_entry(recipe, "process.sde", LINEAR_SDES)
+    sde = entry.factory(**{k: process[k] for k in entry.keys if k in process})
+    return TimeGrid.uniform(n, float(process.get("eps", 1e-3)), sde.T)
+
+
 @FAMILIES.register("diffflow", required=("grid", "schedule", "process.g", "drift", "score"),
-                   check=_check_diffflow)
+                   check=_check_diffflow, sampling_grid=_grid_of)
 def _diffflow(recipe: Mapping[str, Any], *, channels_last: bool = False,
               compile: bool = False) -> nn.Module:
     """:class:`~sdeflow.training.DiffFlowModel` of the recipe."""
@@ -204,7 +217,7 @@ def _diffflow(recipe: Mapping[str, Any], *, channels_last: bool = False,
         clip_time=(grid["t0"], grid["t1"]) if train.get("clip_time", False) else None)
 
 
-@FAMILIES.register("score", required=("score",))
+@FAMILIES.register("score", required=("score",), sampling_grid=_score_grid_of)
 def _score(recipe: Mapping[str, Any], *, channels_last: bool = False,
            compile: bool = False) -> nn.Module:
     """:class:`~sdeflow.training.ScoreModel` of the recipe."""
@@ -220,7 +233,7 @@ def _score(recipe: Mapping[str, Any], *, channels_last: bool = False,
                       **({} if steps is None else {"sample_steps": steps}))
 
 
-@FAMILIES.register("flow", required=("grid", "schedule", "drift"))
+@FAMILIES.register("flow", required=("grid", "schedule", "drift"), sampling_grid=_grid_of)
 def _flow(recipe: Mapping[str, Any], *, channels_last: bool = False,
           compile: bool = False) -> nn.Module:
     """:class:`~sdeflow.training.FlowModel` of the recipe."""
@@ -229,6 +242,21 @@ def _flow(recipe: Mapping[str, Any], *, channels_last: bool = False,
 
     (drift,) = _networks(recipe, ("drift",), channels_last=channels_last, compile=compile)
     return FlowModel(drift, prior=StandardNormal(state_shape(recipe)), **_grids(recipe))
+
+
+def sampling_grid(recipe: Mapping[str, Any], n: int) -> TimeGrid:
+    """The grid of ``n`` steps the recipe's model samples on: the :data:`FAMILIES` entry's
+    declared ``sampling_grid`` (DiffFlow and the flow: the recipe's grid kind; the score
+    family: uniform over ``[eps, T]``).
+
+    Example:
+        >>> from sdeflow.recipes import load_recipe
+        >>> grid = sampling_grid(load_recipe("cifar-b"), 5)
+        >>> grid.n_steps, round(grid.t1, 6)
+        (5, 0.05)
+    """
+    entry = part_entry(recipe, "model.family", FAMILIES)
+    return entry.extras["sampling_grid"](recipe, int(n))
 
 
 def build_model(recipe: Mapping[str, Any], *, channels_last: bool = False,

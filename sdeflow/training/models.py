@@ -338,8 +338,12 @@ class ScoreModel(GenerativeModel):
         return loss, {"dsm": float(loss.detach())}
 
     @torch.no_grad()
-    def sample(self, n: int, *, lam: float = 1.0, steps: int | None = None) -> Tensor:
-        grid = self._grid(steps or self.sample_steps)
+    def sample(self, n: int, *, lam: float = 1.0, steps: int | None = None,
+               grid: TimeGrid | None = None) -> Tensor:
+        """``n`` samples by the reverse family with noise scale ``lam`` on ``grid`` (default: a
+        uniform grid of ``steps``, else ``sample_steps``, over ``[eps, T]``)."""
+        if grid is None:
+            grid = self._grid(steps or self.sample_steps)
         return sample(self.reverse.with_lam(lam), self.prior, grid, (n,))
 
     def log_likelihood(self, x: Tensor, **ode_kwargs: Any) -> Tensor:
@@ -404,13 +408,18 @@ class FlowModel(_GridMixin, GenerativeModel):
         return terms.loss, {"nll": float(terms.loss.detach()), "n_steps": grid.n_steps}
 
     @torch.no_grad()
-    def sample(self, n: int) -> Tensor:
-        prior = self.prior()
-        x_final = prior.sample((n,))
-        grid = self.grid
-        ts = torch.tensor([grid.t1, grid.t0], dtype=x_final.dtype, device=x_final.device)
-        xs = odeint(lambda t, x: self.flow.drift(x, t), x_final, ts, rtol=self.rtol,
-                    atol=self.atol)
+    def sample(self, n: int, *, lam: float = 1.0, grid: TimeGrid | None = None) -> Tensor:
+        r"""``n`` samples of :math:`dx = f\,dt` integrated backward from the prior: by the
+        adaptive solver, or by Euler steps on ``grid``. ``lam`` has no effect: with
+        :math:`g = 0` every member of the reverse family is this ODE."""
+        x_final = self.prior().sample((n,))
+        if grid is None:
+            ts = torch.tensor([self.grid.t1, self.grid.t0], dtype=x_final.dtype,
+                              device=x_final.device)
+            options = {"rtol": self.rtol, "atol": self.atol}
+        else:
+            ts, options = grid.ts.to(x_final).flip(0), {"method": "euler"}
+        xs = odeint(lambda t, x: self.flow.drift(x, t), x_final, ts, **options)
         return xs[-1]
 
     def log_likelihood(self, x: Tensor, **ode_kwargs: Any) -> Tensor:

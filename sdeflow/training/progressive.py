@@ -191,20 +191,22 @@ STEPS_SCHEDULES: Registry[Callable[[Mapping[str, Any], int], StepsSchedule]] = R
     "N schedule", key="schedule.kind")
 
 
-@STEPS_SCHEDULES.register("fixed", required={"n": int})
+@STEPS_SCHEDULES.register("fixed", required={"n": int}, tiny={"n": 4})
 def _fixed(spec: Mapping[str, Any], iterations: int) -> StepsSchedule:
     """:class:`FixedSteps` of ``n``."""
     return FixedSteps(spec["n"])
 
 
-@STEPS_SCHEDULES.register("stepped", required={"values": list, "milestones": list})
+@STEPS_SCHEDULES.register("stepped", required={"values": list, "milestones": list},
+                          tiny={"values": [2, 3, 4], "milestones": [1, 2]})
 def _stepped(spec: Mapping[str, Any], iterations: int) -> StepsSchedule:
     """:class:`SteppedSteps` of ``values`` at ``milestones``."""
     return SteppedSteps(spec["values"], spec["milestones"])
 
 
 @STEPS_SCHEDULES.register("ramp", required={"n_start": int, "n_end": int},
-                          optional={"ramp_steps": int, "ramp_fraction": _NUMBER})
+                          optional={"ramp_steps": int, "ramp_fraction": _NUMBER},
+                          tiny={"n_start": 2, "n_end": 4})
 def _ramp(spec: Mapping[str, Any], iterations: int) -> StepsSchedule:
     """:class:`ProgressiveSteps` from ``n_start`` to ``n_end`` over ``ramp_steps``, or over
     ``ramp_fraction`` of the ``iterations``."""
