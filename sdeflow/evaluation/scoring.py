@@ -95,7 +95,7 @@ def reference_for_fid(
 def sample_fid(
     draw: Callable[[int], Tensor],
     n: int,
-    reference: tuple[np.ndarray, np.ndarray] | str | os.PathLike,
+    reference: tuple[np.ndarray, np.ndarray] | str | os.PathLike | Tensor,
     *,
     inception: Extractor | None = None,
     batch_size: int = 500,
@@ -113,8 +113,9 @@ def sample_fid(
     Arguments:
         draw: The sampler, ``draw(b) -> uint8 (b, C, H, W)``.
         n: The number of samples (over all ranks).
-        reference: Statistics ``(mu, sigma)`` or an ``.npz`` file of them (checked before any
-            sample is drawn).
+        reference: Statistics ``(mu, sigma)``, an ``.npz`` file of them, or reference images
+            (as :func:`sdeflow.metrics.reference_statistics` takes them; checked, or computed
+            without caching, before any sample is drawn).
         inception: The feature extractor (default: the shared Inception network of
             ``ctx.device``).
         batch_size: Samples per chunk (per ``draw`` call).
@@ -134,8 +135,10 @@ def sample_fid(
         (True, 4)
     """
     ctx = ctx or DistributedContext()
-    reference = reference_statistics(reference)  # checked before drawing
     extractor = inception if inception is not None else load_inception(ctx.device)
+    reference = reference_statistics(  # checked (or computed) before any sample is drawn
+        reference, extractor=extractor, batch_size=feature_batch_size, device=ctx.device,
+        ctx=ctx, progress=False)
     sums = FeatureSums()
 
     def features(chunk: Tensor) -> None:
