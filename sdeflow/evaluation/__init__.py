@@ -2,12 +2,13 @@ r"""Evaluating a trained run: FID against the number of sampling steps, bits/dim
 dequantization, resumable sample drawing, runnable under ``torchrun``.
 
 ``sdeflow evaluate RUN_DIR`` calls :func:`evaluate_run`; :func:`load_run` rebuilds a run's model
-from its ``config.json`` and a checkpoint's EMA weights.
+from its ``config.json`` and a checkpoint's EMA weights. FID here is the run level
+(:func:`reference_for_fid`, :func:`sample_fid`) over :mod:`sdeflow.metrics`, which holds the
+Inception network, the statistics and the score.
 """
 
 from sdeflow.evaluation.bpd import dequantized_bits_per_dim
 from sdeflow.evaluation.evaluate import DEFAULT_LAMS, DEFAULT_STEPS, evaluate_run
-from sdeflow.evaluation.fid import inception_features, reference_for_fid, sample_fid
 from sdeflow.evaluation.report import PAPER_CIFAR10_FID, fid_table, plot_fid_vs_steps
 from sdeflow.evaluation.runs import (
     CONFIG_NAME,
@@ -17,19 +18,16 @@ from sdeflow.evaluation.runs import (
     read_run_config,
     write_run_config,
 )
-from sdeflow.evaluation.samples import (
-    FeatureSums,
-    chunk_seed,
-    chunk_sizes,
-    draw_chunks,
-    image_statistics,
-)
+from sdeflow.evaluation.samples import chunk_seed, chunk_sizes, draw_chunks
+from sdeflow.evaluation.scoring import reference_for_fid, sample_fid
+
+# The name examples/diffflow_cifar.py imports: the shared Inception network of a device.
+from sdeflow.metrics import load_inception as inception_features
 
 __all__ = [
     "CONFIG_NAME",
     "DEFAULT_LAMS",
     "DEFAULT_STEPS",
-    "FeatureSums",
     "LoadedRun",
     "PAPER_CIFAR10_FID",
     "chunk_seed",
@@ -39,7 +37,6 @@ __all__ = [
     "evaluate_run",
     "fid_table",
     "find_checkpoint",
-    "image_statistics",
     "inception_features",
     "load_run",
     "plot_fid_vs_steps",

@@ -10,7 +10,8 @@ r"""Evaluate a training run's checkpoint: FID against the number of sampling ste
   statistics of the data set's training split (computed once and cached as
   ``RUN_DIR/eval/ref_<dataset>_<split>.npz``, or published ones given as ``ref_stats``);
   samples are drawn in resumable chunks (``samples/lam<λ>_N<N>/``,
-  :mod:`sdeflow.evaluation.samples`);
+  :mod:`sdeflow.evaluation.samples`; features, statistics and score from
+  :mod:`sdeflow.metrics` through :mod:`sdeflow.evaluation.scoring`);
 - ``fid_vs_steps.md`` and ``fid_vs_steps.png``: the FID-against-N table and plot (with the
   paper's figures for CIFAR-10), ``samples.png``: a grid of samples at the largest :math:`N`;
 - bits/dim of the test set (or its first ``bpd_images``) by the ELBO and the ODE with
@@ -37,9 +38,10 @@ import numpy as np
 import torch
 
 from sdeflow.evaluation.bpd import dequantized_bits_per_dim
-from sdeflow.evaluation.fid import inception_features, reference_for_fid, sample_fid
 from sdeflow.evaluation.report import PAPER_CIFAR10_FID, fid_table, plot_fid_vs_steps
 from sdeflow.evaluation.runs import LoadedRun, load_run
+from sdeflow.evaluation.scoring import reference_for_fid, sample_fid
+from sdeflow.metrics import load_inception
 from sdeflow.training.distributed import init_distributed
 
 __all__ = ["evaluate_run", "DEFAULT_STEPS", "DEFAULT_LAMS"]
@@ -165,7 +167,7 @@ def evaluate_run(
         model = run.model
         factory = grid_factory(recipe)
         if fid:
-            inception = inception_features(ctx.device)
+            inception = load_inception(ctx.device)
             mu_ref, sigma_ref, ref_info = reference_for_fid(
                 lambda: images(ref_split == "train"), ref_stats=ref_stats,
                 cache=run.run_dir / "eval" / f"ref_{dataset}_{ref_split}.npz",

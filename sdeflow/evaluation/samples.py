@@ -1,21 +1,13 @@
-r"""Many samples drawn in resumable chunks, and the Inception feature statistics of image sets.
+r"""Many samples drawn in resumable chunks.
 
 ``K`` samples are split into chunks of ``batch_size``; chunk :math:`i` is drawn from its own
 seed (:func:`chunk_seed`), so its images do not depend on which process draws it or when. Under
 ``torchrun`` rank :math:`r` of :math:`R` takes the chunks :math:`i \equiv r \pmod R`. Each chunk
-is saved as ``chunk_XXXXXX.npz`` (``uint8`` images) in the folder before its features are
-computed: a drawing that is stopped resumes where it was, counting the chunks on disk, even
-with another number of processes, and a larger drawing (more samples, the same chunk size and
-seed) reuses the chunks of a smaller one.
-
-Features are summed, not gathered: each rank accumulates :math:`n`, :math:`\sum_i \phi_i` and
-:math:`\sum_i \phi_i \phi_i^\top` in float64 (:class:`FeatureSums`), the sums are all-reduced,
-and
-
-.. math:: \mu = \frac{1}{n} \sum_i \phi_i, \qquad
-    \Sigma = \frac{1}{n - 1} \Big(\sum_i \phi_i \phi_i^\top - n\, \mu \mu^\top\Big),
-
-the unbiased covariance of :func:`sdeflow.metrics.feature_statistics`.
+is saved as ``chunk_XXXXXX.npz`` (``uint8`` images) in the folder before it is handed on (e.g.
+to :func:`~sdeflow.evaluation.scoring.sample_fid`, which streams its features into
+:class:`sdeflow.metrics.FeatureSums`): a drawing that is stopped resumes where it was, counting
+the chunks on disk, even with another number of processes, and a larger drawing (more samples,
+the same chunk size and seed) reuses the chunks of a smaller one.
 """
 
 from __future__ import annotations
@@ -25,7 +17,6 @@ import os
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,59 +27,9 @@ from tqdm.auto import tqdm
 
 from sdeflow.training.distributed import DistributedContext
 
-__all__ = ["FeatureSums", "chunk_sizes", "chunk_seed", "draw_chunks", "image_statistics"]
+__all__ = ["chunk_sizes", "chunk_seed", "draw_chunks"]
 
 _CHUNK = "chunk_{:06d}.npz"
-
-
-@dataclass
-class FeatureSums:
-    r"""Running sums :math:`n`, :math:`\sum \phi` and :math:`\sum \phi\phi^\top` of feature
-    vectors (float64), mergeable over processes.
-
-    Example:
-        >>> sums = FeatureSums(2)
-        >>> sums.add(torch.tensor([[0.0, 1.0], [2.0, 3.0]]))
-        >>> mu, sigma = sums.statistics()
-        >>> mu.tolist(), sigma.tolist()
-        ([1.0, 2.0], [[2.0, 2.0], [2.0, 2.0]])
-    """
-
-    dim: int
-    count: int = 0
-    total: Tensor | None = None
-    outer: Tensor | None = None
-
-    def add(self, features: Tensor) -> None:
-        """Add the rows of ``features`` ``(B, dim)``."""
-        f = features.detach().to(torch.float64)
-        if f.dim() != 2 or f.shape[1] != self.dim:
-            raise ValueError(f"features must have shape (B, {self.dim}), got {tuple(f.shape)}")
-        if self.total is None:
-            self.total = torch.zeros(self.dim, dtype=torch.float64, device=f.device)
-            self.outer = torch.zeros(self.dim, self.dim, dtype=torch.float64, device=f.device)
-        self.count += f.shape[0]
-        self.total += f.sum(0).to(self.total.device)
-        self.outer += (f.T @ f).to(self.outer.device)
-
-    def all_reduce(self, ctx: DistributedContext) -> FeatureSums:
-        """The sums over every rank (on every rank)."""
-        if self.total is None:  # a rank without chunks still takes part in the collective
-            self.total = torch.zeros(self.dim, dtype=torch.float64)
-            self.outer = torch.zeros(self.dim, self.dim, dtype=torch.float64)
-        count = int(ctx.all_reduce_sum(torch.tensor([float(self.count)], dtype=torch.float64)))
-        return FeatureSums(self.dim, count, ctx.all_reduce_sum(self.total),
-                           ctx.all_reduce_sum(self.outer))
-
-    def statistics(self) -> tuple[np.ndarray, np.ndarray]:
-        """``(mu, sigma)`` as float64 numpy arrays (needs at least two vectors)."""
-        if self.count < 2 or self.total is None:
-            raise ValueError(f"need at least 2 feature vectors for a covariance, got "
-                             f"{self.count}")
-        mu = self.total / self.count
-        sigma = (self.outer - self.count * torch.outer(mu, mu)) / (self.count - 1)
-        sigma = (sigma + sigma.T) / 2  # exactly symmetric
-        return mu.cpu().numpy(), sigma.cpu().numpy()
 
 
 def chunk_sizes(n: int, batch_size: int) -> list[int]:
@@ -245,39 +186,3 @@ def draw_chunks(
     return {"samples": n, "chunks": len(sizes), "chunks_reused": reused, "chunks_drawn": drawn,
             "draw_seconds": round(wall, 3),
             "images_per_s": round(drawn_images / wall, 3) if drawn and wall > 0 else None}
-
-
-def image_statistics(
-    images: Tensor,
-    features: Callable[[Tensor], Tensor],
-    *,
-    batch_size: int = 100,
-    ctx: DistributedContext | None = None,
-    progress: bool = True,
-    desc: str = "features",
-) -> tuple[np.ndarray, np.ndarray]:
-    """``(mu, sigma)`` of ``features`` over ``uint8`` ``images`` ``(N, C, H, W)``, each rank
-    computing its share of the batches (``features(batch) -> (B, d)``, e.g.
-    :class:`sdeflow.metrics.InceptionFeatures`).
-
-    Example:
-        >>> images = torch.randint(0, 256, (6, 1, 2, 2), dtype=torch.uint8)
-        >>> flat = lambda x: x.flatten(1).double()
-        >>> mu, sigma = image_statistics(images, flat, batch_size=4, progress=False)
-        >>> mu.shape, sigma.shape
-        ((4,), (4, 4))
-    """
-    ctx = ctx or DistributedContext()
-    sums: FeatureSums | None = None
-    starts = list(range(0, images.shape[0], batch_size))
-    mine = starts[ctx.rank::ctx.world_size]
-    with tqdm(total=images.shape[0], disable=not (progress and ctx.is_main), desc=desc,
-              dynamic_ncols=True) as bar:
-        for start in mine:
-            f = features(images[start:start + batch_size])
-            sums = sums or FeatureSums(f.shape[1])
-            sums.add(f)
-            bar.update(f.shape[0] * ctx.world_size)
-    dim = ctx.all_gather_object(None if sums is None else sums.dim)
-    sums = sums or FeatureSums(next(d for d in dim if d is not None))
-    return sums.all_reduce(ctx).statistics()

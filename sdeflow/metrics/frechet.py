@@ -27,8 +27,7 @@ eigenvalues are the squared singular values of :math:`L_1^\top L_2`. So
 A covariance matrix is factored by ``eigh``, :math:`L = V_k \operatorname{diag}(\sqrt{\lambda_k})`
 over its eigenvalues above ``eigh``'s resolution (:math:`d\,\epsilon \max|\lambda|`; below it they
 are the zeros of a singular covariance seen through rounding), so :math:`k` is its numerical
-rank; the centred features of :math:`N \le d` samples are already a factor,
-:math:`L = (\Phi - \bar\phi)^\top / \sqrt{N - 1}`, with no ``eigh`` at all.
+rank.
 
 Accuracy: singular values have absolute error :math:`\sim \epsilon \lVert L_1^\top L_2 \rVert`,
 whereas square roots of the eigenvalues of :math:`L_1^\top \Sigma_2 L_1` would err by
@@ -119,6 +118,18 @@ def _covariance_factor(name: str, sigma: Tensor) -> Tensor:
     resolution = sigma.shape[0] * torch.finfo(sigma.dtype).eps * eigenvalues.abs().max()
     keep = eigenvalues > resolution
     return eigenvectors[:, keep] * eigenvalues[keep].sqrt()
+
+
+def _gaussian(
+    mu: Tensor | np.ndarray,
+    sigma: Tensor | np.ndarray,
+    names: tuple[str, str],
+    device: torch.device | None = None,
+    like: tuple[str, int] | None = None,
+) -> tuple[Tensor, Tensor]:
+    """``mu`` and a factor of ``sigma``, checked; ``names`` name them in errors."""
+    mu, sigma = _statistics(mu, sigma, *names, device, like)
+    return mu, _covariance_factor(names[1], sigma)
 
 
 def _frechet_from_factors(mu1: Tensor, factor1: Tensor, mu2: Tensor, factor2: Tensor) -> float:
