@@ -135,8 +135,8 @@ def _add_run_options(p: argparse.ArgumentParser, *, checkpoint_every: int | None
                      help="seconds between checkpoints at the latest (default: %(default)s)")
     run.add_argument("--keep-every", type=_positive_int, default=None,
                      help="also keep the checkpoint of every K-th step (checkpoints/)")
-    run.add_argument("--log-every", type=_positive_int, default=10,
-                     help="steps between metrics.jsonl records (default: %(default)s)")
+    run.add_argument("--log-every", type=_positive_int, default=None,
+                     help="steps between metrics.jsonl records (default: 10; --smoke: 1)")
     run.add_argument("--plot-every", type=_positive_int, default=None,
                      help="steps between sample plots in OUT/samples/ (default: none)")
     run.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=None,
@@ -364,7 +364,9 @@ def _trainer_options(args: argparse.Namespace) -> dict[str, Any]:
     return {"checkpointing": Checkpointing(every=args.checkpoint_every,
                                            seconds=args.checkpoint_seconds,
                                            keep_every=args.keep_every),
-            "logging": Logging(every=args.log_every, progress=not args.no_progress,
+            "logging": Logging(every=args.log_every or (1 if getattr(args, "smoke", False)
+                                                         else 10),
+                               progress=not args.no_progress,
                                tensorboard=args.tensorboard),
             "plots": Plots(every=args.plot_every)}
 
@@ -465,7 +467,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{command}: interrupted ({stop.signal_name}) at step {stop.step}; {where}; run "
               f"the same command to resume", file=sys.stderr)
         return _EXIT_INTERRUPTED.get(stop.signal_name, 130)
-    except (RunError, CheckpointError, NonFiniteError, FileNotFoundError, ValueError) as err:
+    except (RunError, CheckpointError, NonFiniteError, FileNotFoundError, ValueError,
+            ImportError) as err:
         print(f"{command}: error: {err}", file=sys.stderr)
         return 1
     return 0

@@ -168,15 +168,20 @@ def _cli(*args: str) -> Callable[[Path], None]:
     return call
 
 
-def _cli_existing_checkpoint(tmp: Path, damage: str | None, *args: str) -> None:
+def _cli_existing_files(tmp: Path, damage: str | None) -> None:
+    """``sdeflow toy`` into a folder holding an unknown file, or a run whose checkpoint is
+    damaged."""
     out = tmp / "run"
-    out.mkdir()
+    args = ("toy", "--out", str(out), "--steps", "1", "--n-train", "20", "--n-test", "4",
+            "--batch-size", "10", "--width", "8", "--depth", "1", "--n-samples", "10",
+            "--n-grid", "4", "--no-progress")
     if damage is None:
-        save_checkpoint({"config": {}}, out / "checkpoint.pt")
+        out.mkdir()
+        (out / "notes.txt").write_text("mine")
     else:
+        _cli(*args)(tmp)
         (out / "checkpoint.pt").write_bytes(b"not a checkpoint at all " * 4)
-    _cli("toy", "--out", str(out), "--steps", "1", "--n-train", "20", "--batch-size", "10",
-         "--no-progress", *args)(tmp)
+    _cli(*args)(tmp)
 
 
 def _cuda_only_skip():
@@ -377,19 +382,20 @@ CASES = [
                  r"exit 2: .*argument --dataset: invalid choice: 'checkers'", id="cli-dataset"),
     pytest.param(_cli("toy", "--model", "gan"), CLIError,
                  r"exit 2: .*argument --model: invalid choice: 'gan'", id="cli-model"),
-    pytest.param(_cli("train"), CLIError, r"exit 2: .*invalid choice: 'train'",
-                 id="cli-command"),
+    pytest.param(_cli("train", "--preset", "cifar-z"), CLIError,
+                 r"exit 2: .*argument --preset: invalid choice: 'cifar-z'", id="cli-preset"),
+    pytest.param(_cli("train", "--preset", "toy-2d", "--set", "grid.t2=1"), CLIError,
+                 r"exit 1: .*unknown key 't2' in \[grid\]", id="cli-recipe-key"),
     pytest.param(_cli("toy", "--steps", "0"), CLIError,
                  r"exit 2: .*argument --steps: must be a positive integer, got 0",
                  id="cli-steps"),
     pytest.param(_cli("toy", "--batch-size", "x"), CLIError,
                  r"exit 2: .*argument --batch-size", id="cli-batch-size-type"),
-    pytest.param(lambda tmp: _cli_existing_checkpoint(tmp, None), CLIError,
-                 r"already holds a checkpoint; pass --resume .* or --overwrite",
-                 id="cli-existing-checkpoint"),
-    pytest.param(lambda tmp: _cli_existing_checkpoint(tmp, "garbage", "--resume"),
-                 (CLIError, CheckpointError), r"checkpoint\.pt is not an sdeflow checkpoint",
-                 id="cli-resume-corrupt"),
+    pytest.param(lambda tmp: _cli_existing_files(tmp, None), CLIError,
+                 r"holds files but no config\.json \(notes\.txt\).*--overwrite",
+                 id="cli-out-not-a-run"),
+    pytest.param(lambda tmp: _cli_existing_files(tmp, "garbage"), CLIError,
+                 r"checkpoint\.pt", id="cli-resume-corrupt"),
 ]
 
 

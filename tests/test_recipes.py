@@ -4,7 +4,6 @@ here from that table; overrides; the builder; the data scaling of the example.""
 from __future__ import annotations
 
 import functools
-import importlib.util
 import math
 from pathlib import Path
 
@@ -355,9 +354,21 @@ def test_lr_step_size_scales_the_official_epochs() -> None:
 
 # -- model families ------------------------------------------------------------------------------
 def _cli_model(family: str, gradient: str):
-    from sdeflow.cli import build_toy_model
+    """The model ``sdeflow toy --model F`` trained before it became a short form of the
+    ``toy-2d`` preset, written out part by part."""
+    from sdeflow import VPSDE, Backprop, Sharded, StandardNormal, StochasticAdjoint
+    from sdeflow.nets import FourierMLP
+    from sdeflow.training import DiffFlowModel, FlowModel, ScoreModel
 
-    return build_toy_model(family, gradient=gradient)
+    grid = TimeGrid.power(30, 1e-3, 0.05, 0.9)
+    if family == "diffflow":
+        strategy = {"backprop": Backprop, "adjoint": StochasticAdjoint,
+                    "sharded-adjoint": lambda: Sharded(StochasticAdjoint())}[gradient]()
+        return DiffFlowModel(FourierMLP(2, 128, 3), FourierMLP(2, 128, 3), 0.2, grid,
+                             StandardNormal((2,)), gradient=strategy, jitter=False)
+    if family == "score":
+        return ScoreModel(FourierMLP(2, 128, 3), VPSDE(), (2,), eps=1e-3)
+    return FlowModel(FourierMLP(2, 128, 3), grid, StandardNormal((2,)), jitter=False)
 
 
 @pytest.mark.parametrize("family, gradient", [
@@ -559,55 +570,35 @@ def test_scaling_of_pixels() -> None:
         scale_images(k.float(), dequantize=False)
 
 
-def _example():
-    spec = importlib.util.spec_from_file_location("diffflow_cifar_recipes",
-                                                  ROOT / "examples" / "diffflow_cifar.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_example_batches_follow_the_recipe() -> None:
+def test_image_batches_follow_the_recipe() -> None:
+    from sdeflow.runs import ImageBatches
     from sdeflow.training import TensorBatches
 
-    example = _example()
     images = torch.randint(0, 256, (8, 3, 4, 4), dtype=torch.uint8)
-    batches = example.ImageBatches(TensorBatches(images, 8, shuffle=False), dequantize=False,
-                                   random_flip=False)
+    batches = ImageBatches(TensorBatches(images, 8, shuffle=False), dequantize=False,
+                           random_flip=False)
     assert torch.equal(batches.next_batch(), images.float() * (2 / 255) - 1)
     torch.manual_seed(0)
-    flipped = example.ImageBatches(TensorBatches(images, 8, shuffle=False), dequantize=False,
-                                   random_flip=True).next_batch()
+    flipped = ImageBatches(TensorBatches(images, 8, shuffle=False), dequantize=False,
+                           random_flip=True).next_batch()
     plain = images.float() * (2 / 255) - 1
     same = [torch.equal(f, p) for f, p in zip(flipped, plain)]
     mirrored = [torch.equal(f, p.flip(-1)) for f, p in zip(flipped, plain)]
     assert all(s or m for s, m in zip(same, mirrored)) and not all(same)
 
 
-def test_example_presets_and_flags(capsys) -> None:
-    example = _example()
-    args = example.parse_args(["--preset", "cifar-b", "--data-dir", "data"])
-    assert args.recipe == load_recipe("cifar-b") and args.applied == []
-    args = example.parse_args(["--preset", "cifar-a", "--data-dir", "data", "--steps", "10",
-                               "--t1", "0.2", "--drift-ch", "32", "--ch-mult", "1,2",
-                               "--set", "grid.jitter=true"])
-    r = args.recipe
-    assert (r["train"]["iterations"], r["grid"]["t1"], r["drift"]["dim"], r["grid"]["jitter"]) \
-        == (10, 0.2, 32, True)
-    assert r["drift"]["dim_mults"] == r["score"]["dim_mults"] == [1, 2]
-    # --set comes after the flags
-    args = example.parse_args(["--preset", "mnist", "--data-dir", "data", "--steps", "10",
-                               "--set", "train.iterations=20"])
-    assert args.recipe["train"]["iterations"] == 20
-    smoke = example.parse_args(["--smoke", "--preset", "cifar-b"])
-    assert smoke.recipe["schedule"] == {"kind": "stepped", "values": [2, 3, 4],
-                                        "milestones": [1, 2]}
-    assert smoke.recipe["drift"]["ch"] == 8 and smoke.recipe["train"]["precision"] == "fp32"
-    for argv, message in ((["--preset", "cifar-b", "--n-start", "3"], "ramp N schedule"),
-                          (["--preset", "cifar-a", "--dropout", "0.2"], "DDPM U-Nets"),
-                          (["--preset", "cifar-a", "--set", "grid.t1=-1"], "grid.t0 < grid.t1"),
-                          (["--preset", "cifar-b", "--set", "train.nope=1"], "unknown key")):
-        with pytest.raises(SystemExit):
-            example.parse_args([*argv, "--data-dir", "data"])
-        assert message in capsys.readouterr().err
-    assert math.isfinite(smoke.recipe["grid"]["t1"])
+def test_smoke_overrides_keep_the_kinds_and_shrink_the_sizes() -> None:
+    from sdeflow.runs import smoke_overrides
+
+    for name in RECIPES:
+        base = load_recipe(name)
+        smoke = apply_overrides(base, smoke_overrides(base))
+        assert smoke["schedule"]["kind"] == base["schedule"]["kind"]
+        assert smoke["drift"]["net"] == base["drift"]["net"]
+        assert smoke["train"]["iterations"] == 4 and smoke["train"]["precision"] == "fp32"
+    smoke = apply_overrides(load_recipe("cifar-b"), smoke_overrides(load_recipe("cifar-b")))
+    assert smoke["schedule"] == {"kind": "stepped", "values": [2, 3, 4], "milestones": [1, 2]}
+    assert smoke["drift"]["ch"] == 8 and smoke["score"]["ch"] == 8
+    toy = apply_overrides(load_recipe("toy-2d"), smoke_overrides(load_recipe("toy-2d")))
+    assert toy["data"]["train_size"] == 256 and toy["drift"]["width"] == 16
+    assert math.isfinite(smoke["grid"]["t1"])

@@ -100,3 +100,15 @@ def test_checkpoints_are_plain_torch_files(tmp_path):
     path = save_checkpoint({"step": 2, "w": torch.ones(3)}, tmp_path / "checkpoint.pt")
     state = torch.load(path, weights_only=True)
     assert state["step"] == 2 and torch.equal(state["w"], torch.ones(3))
+
+
+def test_each_process_trains_the_recipes_batch():
+    """``train.batch_size`` is the batch of each process (the official per-GPU batch)."""
+    from sdeflow.runs import DataSource, load_run_data
+
+    recipe = config("data.dataset=moons", "data.train_size=64", "data.val_size=8",
+                    "train.batch_size=10")["recipe"]
+    data = load_run_data(recipe, DataSource(), seed=0)
+    for rank in (0, 1):
+        batch = data.batches(recipe, seed=0, rank=rank, world_size=2).next_batch()
+        assert batch.shape == (10, 2)

@@ -1,12 +1,13 @@
 r"""Evaluate a training run's checkpoint: FID against the number of sampling steps, bits/dim.
 
 :func:`evaluate_run` (the ``sdeflow evaluate RUN_DIR`` command) loads a run's EMA model
-(:func:`~sdeflow.evaluation.runs.load_run`) and writes to ``RUN_DIR/eval/<step>/``:
+(:func:`sdeflow.runs.load_run`) and writes to ``RUN_DIR/eval/<step>/``:
 
 - ``eval.json``: every figure below, with the settings that produced it;
 - FID of ``num_samples`` samples for each :math:`N` in ``steps`` and :math:`\lambda` in
   ``lams`` (:math:`\lambda = 1`: the reverse SDE, :math:`\lambda = 0`: the probability-flow ODE,
-  both by Euler steps on the recipe's grid of :math:`N` steps), against the reference
+  both by Euler steps on the recipe's grid of :math:`N` steps,
+  :func:`sdeflow.recipes.sampling_grid`), against the reference
   statistics of the data set's training split (computed once and cached as
   ``RUN_DIR/eval/ref_<dataset>_<split>.npz``, or published ones given as ``ref_stats``);
   samples are drawn in resumable chunks (``samples/lam<λ>_N<N>/``,
@@ -39,9 +40,9 @@ import torch
 
 from sdeflow.evaluation.bpd import dequantized_bits_per_dim
 from sdeflow.evaluation.report import PAPER_CIFAR10_FID, fid_table, plot_fid_vs_steps
-from sdeflow.evaluation.runs import LoadedRun, load_run
 from sdeflow.evaluation.scoring import reference_for_fid, sample_fid
 from sdeflow.metrics import load_inception
+from sdeflow.runs.load import LoadedRun, load_run
 from sdeflow.training.distributed import init_distributed
 
 __all__ = ["evaluate_run", "DEFAULT_STEPS", "DEFAULT_LAMS"]
@@ -117,7 +118,7 @@ def evaluate_run(
         tensorboard: Also write TensorBoard events (``None``: when the package is installed).
     """
     from sdeflow.plotting import save_image_grid
-    from sdeflow.recipes import grid_factory
+    from sdeflow.recipes import sampling_grid
     from sdeflow.recipes.data import load_images, scale_images, to_uint8
 
     for name, value in (("num_samples", num_samples), ("batch_size", batch_size),
@@ -142,8 +143,11 @@ def evaluate_run(
     started = time.perf_counter()
     with init_distributed(device) as ctx:
         run = load_run(run_dir, checkpoint=checkpoint, device=ctx.device)
-        recipe, data = run.recipe, run.config["data"]
-        dataset = data["dataset"]
+        recipe, data = run.recipe, run.config.get("data") or {}
+        dataset = recipe["data"]["dataset"]
+        if data_dir is None and data.get("dir") is None:
+            raise FileNotFoundError(f"{run.run_dir} records no data folder; pass data_dir "
+                                    f"(--data-dir)")
         root = Path(data_dir) if data_dir is not None else Path(data["dir"])
         dequantized = bool(recipe["data"].get("dequantize", False))
         out = Path(out_dir) if out_dir is not None else run.run_dir / "eval" / str(run.step)
@@ -153,7 +157,8 @@ def evaluate_run(
 
         def images(train: bool):
             try:
-                return load_images(dataset, root, train=train, verify=bool(data["verify"]),
+                return load_images(dataset, root, train=train,
+                                   verify=bool(data.get("verify", True)),
                                    resize=str(recipe["data"].get("resize", "pad")))
             except (FileNotFoundError, RuntimeError) as err:
                 raise FileNotFoundError(f"the data of {run.run_dir} ({dataset}, "
@@ -165,7 +170,6 @@ def evaluate_run(
             "world_size": ctx.world_size, "device": str(ctx.device), "seed": seed,
             "files": {"eval": "eval.json"}}
         model = run.model
-        factory = grid_factory(recipe)
         if fid:
             inception = load_inception(ctx.device)
             mu_ref, sigma_ref, ref_info = reference_for_fid(
@@ -176,7 +180,7 @@ def evaluate_run(
             ref_info["split"] = ref_split if ref_stats is None else None
             rows = []
             for n_steps in steps:
-                grid = factory(n_steps).to(ctx.device)
+                grid = sampling_grid(recipe, n_steps).to(ctx.device)
                 for lam in lams:
                     def draw(b: int, lam: float = lam, grid=grid) -> torch.Tensor:
                         return to_uint8(model.sample(b, lam=lam, grid=grid),

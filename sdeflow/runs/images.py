@@ -72,9 +72,10 @@ class ImageEvaluation:
         self.to_uint8 = data.to_data
         self.inception = self.reference = None
         if options.fid_samples:
-            from sdeflow.evaluation import inception_features, reference_for_fid
+            from sdeflow.evaluation import reference_for_fid
+            from sdeflow.metrics import load_inception
 
-            self.inception = inception_features(ctx.device)
+            self.inception = load_inception(ctx.device)
             images = data.train if options.fid_ref == "train" else data.test
             cache = self.out / f"fid_ref_{recipe['data']['dataset']}_{options.fid_ref}.npz"
             mu, sigma, _ = reference_for_fid(lambda: images, cache=cache,

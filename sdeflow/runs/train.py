@@ -132,7 +132,7 @@ def train_run(
         TrainingInterrupted: Ctrl-C or SIGTERM (a checkpoint was written).
     """
     from sdeflow.recipes import build_model
-    from sdeflow.training import Trainer
+    from sdeflow.training import Trainer, tensorboard_available
     from sdeflow.training.distributed import init_distributed
 
     settings = settings or RunSettings()
@@ -153,6 +153,10 @@ def train_run(
                 clear_run(out)
             write_run_config(out, config)
             echo(plan.message)
+            logging = (trainer_options or {}).get("logging")
+            if (logging is None or logging.tensorboard is None) and not tensorboard_available():
+                echo("no TensorBoard events: the tensorboard package is not installed (pip "
+                     "install 'sdeflow[eval]'); metrics.jsonl has the same numbers")
         ctx.barrier()
         seed_everything(settings.seed)
         model = build_model(recipe, channels_last=settings.channels_last,
