@@ -4,7 +4,9 @@ normalizing flows in PyTorch.
 The parts: processes (:mod:`sdeflow.processes`), time grids (:class:`TimeGrid`), diffusion
 schedules (:mod:`sdeflow.schedules`), step schemes (:mod:`sdeflow.discretizers`), trajectory
 distributions (:class:`ForwardTrajectory`, :class:`BackwardTrajectory`), objectives
-(:mod:`sdeflow.objectives`) and gradient strategies (:mod:`sdeflow.gradients`).
+(:mod:`sdeflow.objectives`) and gradient strategies (:mod:`sdeflow.gradients`); a model as a
+distribution over :math:`x_0` (:class:`ProbabilityFlowDistribution`,
+:class:`SDESamplerDistribution`) and DiffFlow as Pyro variational inference (:class:`DiffFlowVI`).
 
 This namespace holds the modelling parts only. The training stack (``Trainer``, the model
 families ``DiffFlowModel``, ``ScoreModel``, ``FlowModel``, ``EMA``, batch sources, schedules of
@@ -20,6 +22,7 @@ from sdeflow.discretizers import (
     StochasticHeun,
     register_discretizer,
 )
+from sdeflow.distributions import ProbabilityFlowDistribution, SDESamplerDistribution
 from sdeflow.gradients import (
     Backprop,
     Checkpointed,
@@ -28,6 +31,7 @@ from sdeflow.gradients import (
     StochasticAdjoint,
 )
 from sdeflow.grids import TimeGrid
+from sdeflow.inference import DiffFlowVI
 from sdeflow.likelihood import (
     LikelihoodResult,
     bits_per_dim,
@@ -74,6 +78,7 @@ __all__ = [
     "DiagonalNormal",
     "DiffFlowObjective",
     "DiffFlowTerms",
+    "DiffFlowVI",
     "Discretizer",
     "EulerMaruyama",
     "ExponentialIntegrator",
@@ -86,9 +91,11 @@ __all__ = [
     "LinearPart",
     "LinearSDE",
     "ObjectiveTerms",
+    "ProbabilityFlowDistribution",
     "ScoreMatchingTerms",
     "LinearSchedule",
     "ReverseSDE",
+    "SDESamplerDistribution",
     "Schedule",
     "Sharded",
     "StandardNormal",
