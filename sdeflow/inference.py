@@ -63,7 +63,9 @@ class DiffFlowVI(nn.Module):
         grid: The default :class:`~sdeflow.grids.TimeGrid` (a call may pass another).
         discretizer: A Gaussian step scheme (Euler–Maruyama by default).
         name: The name under which the networks' parameters enter Pyro's parameter store
-            (``pyro.module(name, self)``, in the model and in the guide alike).
+            (``pyro.module(name, self)``, in the model and in the guide alike). Pyro's store
+            keeps the first tensors registered under a name: call ``pyro.clear_param_store()``
+            before training another model under the same name.
         plate: The name of the data plate.
 
     Sites, inside ``pyro.plate(plate, B)``, each with the state as event:
