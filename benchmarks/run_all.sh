@@ -13,4 +13,5 @@ python benchmarks/train_step.py "${quick[@]}"
 python benchmarks/sampling.py "${quick[@]}"
 python benchmarks/toy_nll.py "${quick[@]}"
 python benchmarks/digits_bpd.py "${quick[@]}"
+python benchmarks/log_prob.py "${quick[@]}"
 python benchmarks/collect.py

@@ -5,9 +5,11 @@ The parts: processes (:mod:`sdeflow.processes`), time grids (:class:`TimeGrid`),
 schedules (:mod:`sdeflow.schedules`), step schemes (:mod:`sdeflow.discretizers`), trajectory
 distributions (:class:`ForwardTrajectory`, :class:`BackwardTrajectory`), objectives
 (:mod:`sdeflow.objectives`), couplings of data and noise (:mod:`sdeflow.couplings`) and gradient
-strategies (:mod:`sdeflow.gradients`). Parts are chosen by name through one :class:`Registry` per
-kind (:data:`DISCRETIZERS`, :data:`GRADIENTS`, :data:`GRIDS`, :data:`LINEAR_SDES`;
-:data:`sdeflow.nets.NETS`, :data:`sdeflow.training.STEPS_SCHEDULES`,
+strategies (:mod:`sdeflow.gradients`); a model as a distribution over :math:`x_0`
+(:class:`ProbabilityFlowDistribution`, :class:`SDESamplerDistribution`) and DiffFlow as Pyro
+variational inference (:class:`DiffFlowVI`). Parts are chosen by name through one
+:class:`Registry` per kind (:data:`DISCRETIZERS`, :data:`GRADIENTS`, :data:`GRIDS`,
+:data:`LINEAR_SDES`; :data:`sdeflow.nets.NETS`, :data:`sdeflow.training.STEPS_SCHEDULES`,
 :data:`sdeflow.recipes.FAMILIES`), where a user registers a part of their own.
 
 This namespace holds the modelling parts only. The training stack (``Trainer``, the model
@@ -25,6 +27,7 @@ from sdeflow.discretizers import (
     StochasticHeun,
     register_discretizer,
 )
+from sdeflow.distributions import ProbabilityFlowDistribution, SDESamplerDistribution
 from sdeflow.gradients import (
     GRADIENTS,
     Backprop,
@@ -34,6 +37,7 @@ from sdeflow.gradients import (
     StochasticAdjoint,
 )
 from sdeflow.grids import GRIDS, TimeGrid
+from sdeflow.inference import DiffFlowVI
 from sdeflow.likelihood import (
     LikelihoodResult,
     bits_per_dim,
@@ -118,6 +122,7 @@ __all__ = [
     "DiagonalNormal",
     "DiffFlowObjective",
     "DiffFlowTerms",
+    "DiffFlowVI",
     "Discretizer",
     "EulerMaruyama",
     "ExponentialIntegrator",
@@ -130,10 +135,12 @@ __all__ = [
     "LinearPart",
     "LinearSDE",
     "ObjectiveTerms",
+    "ProbabilityFlowDistribution",
     "ScoreMatchingTerms",
     "LinearSchedule",
     "Registry",
     "ReverseSDE",
+    "SDESamplerDistribution",
     "Schedule",
     "Sharded",
     "StandardNormal",

@@ -35,6 +35,7 @@ def sample(
     return_trajectory: bool = False,
     generator: torch.Generator | None = None,
     x_final: Tensor | None = None,
+    keep_graph: bool = False,
 ) -> Tensor:
     r"""Draw samples :math:`x_0` by running ``reverse`` from the prior down ``grid``.
 
@@ -49,9 +50,11 @@ def sample(
         return_trajectory: Return ``(*sample_shape, N + 1, *state)`` instead of :math:`x_0`.
         generator: Random generator for the step noises.
         x_final: Start from these :math:`x_N` instead of prior draws.
+        keep_graph: Keep the autograd graph through the steps (pathwise gradients reach the
+            networks' parameters, and ``x_final`` where it requires grad) while grad mode is on.
 
-    Runs without autograd unless called inside ``torch.enable_grad()`` with ``x_final``
-    requiring grad.
+    Runs without autograd unless grad mode is on and ``x_final`` requires grad or
+    ``keep_graph`` is set.
 
     Example:
         >>> import torch
@@ -71,7 +74,7 @@ def sample(
     x, lead, state = prior_draws(prior, sample_shape, x_final)
     check_same_device_dtype("grid.ts", grid.ts, "prior samples", x)
     check_modules(x, [reverse], x_name="prior samples")
-    grad = torch.is_grad_enabled() and x.requires_grad
+    grad = torch.is_grad_enabled() and (x.requires_grad or keep_graph)
     xs = [x] if return_trajectory else None
     with torch.set_grad_enabled(grad):
         stepper = discretizer.stepper(reverse, grid, reverse=True)

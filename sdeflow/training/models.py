@@ -29,6 +29,12 @@ from torch import Tensor, nn
 from torchdiffeq import odeint
 
 from sdeflow.discretizers import Discretizer
+from sdeflow.distributions import (
+    MODEL_LAWS,
+    ProbabilityFlowDistribution,
+    SDESamplerDistribution,
+    check_law,
+)
 from sdeflow.gradients import GradientStrategy
 from sdeflow.grids import TimeGrid
 from sdeflow.likelihood import ode_log_likelihood
@@ -65,6 +71,16 @@ class GenerativeModel(nn.Module, ABC):
     @abstractmethod
     def nelbo(self, x: Tensor) -> Tensor:
         """Per-sample bound (see :attr:`nelbo_kind`), ``(B,)``, nats."""
+
+    def distribution(self, law: str = "probability_flow", **kwargs: Any
+                     ) -> ProbabilityFlowDistribution | SDESamplerDistribution:
+        """The trained model as a pyro distribution over :math:`x_0` of the law named by ``law``
+        (one of :data:`~sdeflow.distributions.MODEL_LAWS`): ``"probability_flow"``, whose samples
+        and exact ``log_prob`` agree (:class:`~sdeflow.distributions.ProbabilityFlowDistribution`),
+        or ``"sde_sampler"``, the law of :meth:`sample`'s output
+        (:class:`~sdeflow.distributions.SDESamplerDistribution`); ``kwargs`` go to the class."""
+        raise NotImplementedError(f"{type(self).__name__} does not define distribution(); "
+                                  f"the laws are {MODEL_LAWS}")
 
     @property
     def state_shape(self) -> tuple[int, ...]:
@@ -279,6 +295,34 @@ class DiffFlowModel(_GridMixin, GenerativeModel):
         """Trajectory negative ELBO on the evaluation grid (one forward trajectory per point)."""
         return self.objective(x, self.grid).nelbo
 
+    def distribution(self, law: str = "probability_flow", *, lam: float = 1.0,
+                     grid: TimeGrid | None = None, **kwargs: Any
+                     ) -> ProbabilityFlowDistribution | SDESamplerDistribution:
+        """The model as a distribution over :math:`x_0` (:meth:`GenerativeModel.distribution`):
+        the probability-flow ODE on the evaluation grid, or the ``lam``-sampler on the sampling
+        grid (``grid`` overrides either).
+
+        Example:
+            >>> import torch
+            >>> from sdeflow import StandardNormal, TimeGrid
+            >>> from sdeflow.nets import FourierMLP
+            >>> model = DiffFlowModel(FourierMLP(2, 16, 1), FourierMLP(2, 16, 1), 0.2,
+            ...                       TimeGrid.power(10, 1e-3, 0.05, 0.9), StandardNormal((2,)))
+            >>> d = model.distribution()                       # ProbabilityFlowDistribution
+            >>> d.log_prob(d.sample((4,))).shape, d.event_shape
+            (torch.Size([4]), torch.Size([2]))
+            >>> model.distribution("sde_sampler", lam=0.5).sample((3,)).shape
+            torch.Size([3, 2])
+        """
+        if check_law(law) == "probability_flow":
+            return ProbabilityFlowDistribution(probability_flow(self.forward_sde, self.score_net),
+                                               self.prior, self.grid if grid is None else grid,
+                                               **kwargs)
+        if grid is None:
+            grid = self.grid if self.sample_grid_ts is None else TimeGrid(self.sample_grid_ts)
+        kwargs.setdefault("discretizer", self.objective.discretizer)
+        return SDESamplerDistribution(self.reverse.with_lam(lam), self.prior, grid, **kwargs)
+
 
 class ScoreModel(GenerativeModel):
     r"""Score-based diffusion: a score network trained by denoising score matching under a
@@ -356,6 +400,18 @@ class ScoreModel(GenerativeModel):
         (the same trajectory bound DiffFlow trains, with the forward process fixed)."""
         return self.elbo_objective(x, self._grid(self.elbo_steps)).nelbo
 
+    def distribution(self, law: str = "probability_flow", *, lam: float = 1.0,
+                     steps: int | None = None, **kwargs: Any
+                     ) -> ProbabilityFlowDistribution | SDESamplerDistribution:
+        """The model as a distribution over :math:`x_0` (:meth:`GenerativeModel.distribution`):
+        the probability-flow ODE from ``eps`` to ``T``, or the ``lam``-sampler on ``steps``
+        (default ``sample_steps``) uniform steps."""
+        if check_law(law) == "probability_flow":
+            return ProbabilityFlowDistribution(probability_flow(self.sde, self.score_net),
+                                               self.prior, self._grid(1), **kwargs)
+        return SDESamplerDistribution(self.reverse.with_lam(lam), self.prior,
+                                      self._grid(steps or self.sample_steps), **kwargs)
+
 
 class FlowModel(_GridMixin, GenerativeModel):
     r"""The normalizing flow DiffFlow becomes as :math:`g \to 0`: ``ForwardSDE(drift, 0.0)``
@@ -430,4 +486,16 @@ class FlowModel(_GridMixin, GenerativeModel):
         """Exact NLL of the Euler flow on the evaluation grid (the training objective)."""
         with torch.enable_grad():  # the Jacobians need autograd
             return self.objective(x, self.grid).nll.detach()
+
+    def distribution(self, law: str = "probability_flow", **kwargs: Any
+                     ) -> ProbabilityFlowDistribution:
+        r"""The continuous flow as a distribution over :math:`x_0`: samples and exact density
+        through the ODE :math:`dx = f\,dt` (the solver's ``rtol``/``atol`` by default). A flow has
+        no noise, so ``"probability_flow"`` is its only law."""
+        if check_law(law) != "probability_flow":
+            raise ValueError("law must be 'probability_flow' for a FlowModel (g = 0: there is no "
+                             "SDE sampler), got 'sde_sampler'")
+        kwargs.setdefault("rtol", self.rtol)
+        kwargs.setdefault("atol", self.atol)
+        return ProbabilityFlowDistribution(self.flow, self.prior, self.grid, **kwargs)
 
