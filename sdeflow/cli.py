@@ -467,6 +467,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{command}: interrupted ({stop.signal_name}) at step {stop.step}; {where}; run "
               f"the same command to resume", file=sys.stderr)
         return _EXIT_INTERRUPTED.get(stop.signal_name, 130)
+    except KeyboardInterrupt:  # outside training: loading, evaluating, sampling
+        print(f"{command}: interrupted; the run's last checkpoint is intact (sdeflow evaluate "
+              f"and sdeflow sample read it; the same train command resumes)", file=sys.stderr)
+        return 130
     except (RunError, CheckpointError, NonFiniteError, FileNotFoundError, ValueError,
             ImportError) as err:
         print(f"{command}: error: {err}", file=sys.stderr)
