@@ -15,6 +15,8 @@ the data and the noise laws trains a model with the right marginals at :math:`t_
   plan's row :math:`\pi^*_{i\cdot}/\sum_j\pi^*_{ij}` (exact plans are permutations: then the
   pairing is deterministic; Sinkhorn's rows are drawn from with ``generator``).
 
+:data:`COUPLINGS` names them for recipes (``model.coupling``).
+
 References:
     | Improving and Generalizing Flow-Based Generative Models with Minibatch Optimal Transport
       (Tong et al., 2023), https://arxiv.org/abs/2302.00482
@@ -29,9 +31,10 @@ import torch
 from torch import Tensor
 
 from sdeflow._checks import check_same_device_dtype
+from sdeflow.registry import Registry
 
 __all__ = ["Coupling", "IndependentCoupling", "MinibatchOTCoupling", "transport_cost",
-           "OT_METHODS"]
+           "OT_METHODS", "COUPLINGS"]
 
 #: Values of ``method`` accepted by :class:`MinibatchOTCoupling`.
 OT_METHODS: tuple[str, ...] = ("auto", "exact", "sinkhorn")
@@ -155,3 +158,21 @@ class MinibatchOTCoupling(Coupling):
     def __repr__(self) -> str:
         return (f"MinibatchOTCoupling(method={self.method!r}, reg={self.reg}, "
                 f"exact_max={self.exact_max})")
+
+
+#: The couplings by name (a recipe's ``model.coupling``); factories ``(**keys) -> Coupling``:
+#: ``independent``, and ``minibatch_ot`` with the keys ``ot_method`` (one of
+#: :data:`OT_METHODS`) and ``ot_reg`` (Sinkhorn's regularization).
+COUPLINGS: Registry = Registry("coupling", key="model.coupling")
+COUPLINGS.register("independent", IndependentCoupling)
+
+
+@COUPLINGS.register("minibatch_ot", optional={"ot_method": str, "ot_reg": (int, float)})
+def minibatch_ot(*, ot_method: str = "auto", ot_reg: float = 0.05) -> MinibatchOTCoupling:
+    """:class:`MinibatchOTCoupling` ``(ot_method, reg=ot_reg)``.
+
+    Example:
+        >>> COUPLINGS.resolve("minibatch_ot", ot_method="exact")
+        MinibatchOTCoupling(method='exact', reg=0.05, exact_max=1024)
+    """
+    return MinibatchOTCoupling(ot_method, reg=ot_reg)

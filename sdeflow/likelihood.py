@@ -179,6 +179,52 @@ def _draw_probes(kind: str, shape: tuple[int, ...], x0: Tensor,
     return probes.to(x0.device)
 
 
+def _resolve_trace(trace: str, dim: int) -> str:
+    """``"exact"`` or ``"hutchinson"``: ``trace`` itself, or for ``"auto"`` exact when a state of
+    ``dim`` elements has at most :data:`AUTO_EXACT_MAX_DIM` of them (private helper)."""
+    if trace not in TRACE_METHODS:
+        raise ValueError(f"trace must be one of {TRACE_METHODS}, got {trace!r}")
+    if trace == "auto":
+        return "exact" if dim <= AUTO_EXACT_MAX_DIM else "hutchinson"
+    return trace
+
+
+def _probes_for(trace: str, n_probes: int, probe: str, x: Tensor,
+                generator: torch.Generator | None) -> Tensor | None:
+    """Hutchinson's probes ``(n_probes, *x.shape)`` when ``trace`` resolves to it, else None."""
+    if _resolve_trace(trace, x[0].numel()) == "exact":
+        return None
+    return _draw_probes(probe, (n_probes,) + tuple(x.shape), x, generator)
+
+
+def _solve_with_divergence(
+    ode: SDE, x: Tensor, grid: TimeGrid, *, probes: Tensor | None, create_graph: bool,
+    downward: bool, rtol: float, atol: float, method: str, options: dict | None,
+) -> tuple[Tensor, Tensor, int]:
+    r"""One solve of the augmented ODE :math:`d(x, \ell)/dt = (v(x, t),
+    \operatorname{tr}\partial v/\partial x)` with :math:`\ell = 0` at the start, from ``grid.t0``
+    up to ``grid.t1`` or (``downward``) from ``grid.t1`` down to ``grid.t0``: ``(x_end,
+    ell_end, nfe)``. The trace is exact (``probes=None``) or Hutchinson's with the ``probes``
+    held fixed over the solve. A fixed-step ``method`` steps on the grid's times; an adaptive
+    Runge-Kutta one lands its last step on the end time (no stage past it, where a process may
+    be undefined). The shared machinery of :func:`ode_log_likelihood` and
+    :meth:`~sdeflow.distributions.ProbabilityFlowDistribution.sample_and_log_prob`.
+    """
+    dynamics = _Dynamics(ode, probes, create_graph)
+    fixed_grid = method in _FIXED_GRID_METHODS and "step_size" not in (options or {})
+    ts = grid.ts if fixed_grid else grid.ts[[0, -1]]
+    end = grid.ts[-1:]
+    if downward:
+        ts, end = ts.flip(0), grid.ts[:1]
+    if method in _ADAPTIVE_RK_METHODS and "step_t" not in (options or {}):
+        options = {**(options or {}), "step_t": end}
+    delta0 = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+    with torch.set_grad_enabled(create_graph):
+        xs, deltas = odeint(dynamics, (x, delta0), ts, rtol=rtol, atol=atol, method=method,
+                            options=options)
+    return xs[-1], deltas[-1], dynamics.nfe
+
+
 def ode_log_likelihood(
     ode: SDE,
     prior: Distribution | nn.Module,
@@ -261,27 +307,14 @@ def ode_log_likelihood(
                            "outside torch.inference_mode() (torch.no_grad() is fine)")
     check_modules(x0, [ode, prior])
 
-    d = x0[0].numel()
-    if trace == "auto":
-        trace = "exact" if d <= AUTO_EXACT_MAX_DIM else "hutchinson"
-    probes = None
-    if trace == "hutchinson":
-        probes = _draw_probes(probe, (n_probes,) + tuple(x0.shape), x0, generator)
-
-    dynamics = _Dynamics(ode, probes, create_graph)
-    fixed_grid = method in _FIXED_GRID_METHODS and "step_size" not in (options or {})
-    ts = grid.ts if fixed_grid else grid.ts[[0, -1]]
-    if method in _ADAPTIVE_RK_METHODS and "step_t" not in (options or {}):
-        options = {**(options or {}), "step_t": grid.ts[-1:]}  # never evaluate beyond t1
-    delta0 = torch.zeros(x0.shape[0], dtype=x0.dtype, device=x0.device)
-    with torch.set_grad_enabled(create_graph):
-        xs, deltas = odeint(dynamics, (x0, delta0), ts, rtol=rtol, atol=atol, method=method,
-                            options=options)
-    x_final, delta = xs[-1], deltas[-1]
+    probes = _probes_for(trace, n_probes, probe, x0, generator)
+    x_final, delta, nfe = _solve_with_divergence(
+        ode, x0, grid, probes=probes, create_graph=create_graph, downward=False, rtol=rtol,
+        atol=atol, method=method, options=options)
     prior_log_prob = dist.log_prob(x_final)
     if not create_graph:
         prior_log_prob = prior_log_prob.detach()
-    return LikelihoodResult(prior_log_prob + delta, prior_log_prob, delta, x_final, dynamics.nfe)
+    return LikelihoodResult(prior_log_prob + delta, prior_log_prob, delta, x_final, nfe)
 
 
 def bits_per_dim(nll_nats: Tensor, dim: int, *, levels: int | None = None) -> Tensor:

@@ -191,6 +191,83 @@ def test_log_prob_gradients_equal_finite_differences():
     _fd_check(lambda: d.log_prob(x).sum(), [drift.w1, score.b1, x])
 
 
+# -- samples with their log-density in one solve (issue 21) ----------------------------------
+@pytest.mark.parametrize("trace", ["exact", "hutchinson"])
+def test_sample_and_log_prob_is_the_gaussian_density(trace):
+    """On the linear-Gaussian process with its exact score the law at t0 is N(0, v(t0) I): the
+    one-pass density of each sample is that Gaussian's (J = c I: Rademacher probes are exact)."""
+    d = gaussian_model(trace=trace).expand((3,))
+    x, log_p = d.sample_and_log_prob((4,), generator=torch.Generator().manual_seed(0))
+    assert x.shape == (4, 3, 2) and log_p.shape == (4, 3)
+    torch.testing.assert_close(log_p, marginal(T0).log_prob(x), rtol=0, atol=1e-7)
+
+
+@pytest.mark.parametrize("path", ["vp", "linear"])
+def test_sample_and_log_prob_on_affine_paths_with_exact_scores(path):
+    """Data N(mu, s^2 I) on an affine path: the marginal is N(alpha mu, (alpha^2 s^2 + sigma^2)
+    I); with that as the prior at t1 and its exact score, the ODE's law at t0 is the data's."""
+    from sdeflow import LinearPath
+
+    process, t0, t1 = (SDE, T0, T1) if path == "vp" else (LinearPath(), 0.0, 0.9)
+    mu = torch.tensor([0.7, -1.2], dtype=F64)
+
+    def moments(t):
+        alpha, sigma, _, _ = process.path_coefficients(torch.as_tensor(t, dtype=F64))
+        return alpha * mu, alpha**2 * S**2 + sigma**2
+
+    def score(x, t):
+        mean, var = moments(t)
+        return -(x - mean) / (var[:, None] if var.dim() else var)
+
+    def gaussian(t):
+        mean, var = moments(t)
+        return Independent(Normal(mean, var.sqrt() * torch.ones(2, dtype=F64)), 1)
+
+    d = ProbabilityFlowDistribution(probability_flow(process, score), gaussian(t1),
+                                    TimeGrid.uniform(1, t0, t1, dtype=F64), rtol=1e-10,
+                                    atol=1e-10)
+    x, log_p = d.sample_and_log_prob((6,), generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(log_p, gaussian(t0).log_prob(x), rtol=0, atol=1e-7)
+    if path == "linear":  # t0 = 0: the data law itself
+        data = Independent(Normal(mu, S * torch.ones(2, dtype=F64)), 1)
+        torch.testing.assert_close(log_p, data.log_prob(x), rtol=0, atol=1e-7)
+
+
+def test_sample_and_log_prob_equals_log_prob_of_the_same_samples():
+    """A nonlinear model: the downward solve's density of each sample equals log_prob (the
+    upward solve) of it to the solver's tolerance."""
+    drift, score = make_field("mlp", 2, 3), make_field("mlp", 2, 4)
+    ode = probability_flow(ForwardSDE(drift, 0.7), score)
+    d = ProbabilityFlowDistribution(ode, StandardNormal((2,), dtype=F64),
+                                    TimeGrid.uniform(4, 0.0, 1.0, dtype=F64), trace="exact",
+                                    rtol=1e-10, atol=1e-10)
+    x, log_p = d.sample_and_log_prob((5,), generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(log_p, d.log_prob(x), rtol=0, atol=1e-7)
+    # the same draw as sample(): one generator stream for the prior
+    torch.testing.assert_close(x, d.sample((5,), generator=torch.Generator().manual_seed(2)),
+                               rtol=0, atol=1e-8)
+
+
+def test_rsample_and_log_prob_is_pathwise_and_matches_finite_differences():
+    drift, score, rev, grid = _small_model()
+    prior = _LearnedPrior()
+    d = ProbabilityFlowDistribution(rev, prior, grid, method="rk4")
+    weights = torch.randn(5, 2, dtype=F64, generator=torch.Generator().manual_seed(0))
+
+    def fn():
+        torch.manual_seed(3)  # the same prior draw at every call
+        x, log_p = d.rsample_and_log_prob((5,))
+        return (weights * torch.sin(x)).sum() + log_p.sum()
+
+    _fd_check(fn, [drift.w1, drift.b1, score.w2, score.wt, prior.loc])
+    with torch.no_grad():  # no graph under no_grad
+        x, log_p = d.rsample_and_log_prob((2,))
+    assert not x.requires_grad and not log_p.requires_grad
+    torch.manual_seed(4)
+    x, log_p = d.rsample_and_log_prob((3,))
+    torch.testing.assert_close(log_p.detach(), d.log_prob(x.detach()), rtol=0, atol=1e-5)
+
+
 # -- the law of the SDE sampler --------------------------------------------------------------
 def test_sde_sampler_on_a_fine_grid_has_the_marginal_moments():
     rev = ReverseSDE(SDE, exact_score, lam=1.0)

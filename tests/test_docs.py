@@ -60,7 +60,7 @@ def test_the_docs_exist():
     expected = {"index.md", "concepts.md", "benchmarks.md", "howto/diffflow_from_parts.md",
                 "howto/score_diffusion.md", "howto/flow.md", "howto/custom_drift.md",
                 "howto/sampling.md", "howto/likelihood.md", "howto/multi_gpu.md",
-                "howto/inverse_problem.md"}
+                "howto/inverse_problem.md", "howto/path_matching.md"}
     assert expected <= names, f"missing pages: {sorted(expected - names)}"
     # the how-to pages and the concepts are examples first: each has code that runs
     for name in expected - {"index.md", "benchmarks.md"}:

@@ -44,7 +44,8 @@ def _common(recipe: dict) -> None:
 
 
 def test_recipe_names() -> None:
-    assert set(RECIPES) == {"toy-2d", "mnist", "cifar-a", "cifar-b", "sdeflow-cifar"}
+    assert set(RECIPES) == {"toy-2d", "mnist", "cifar-a", "cifar-b", "sdeflow-cifar",
+                            "flow-matching", "flow-matching-cifar"}
     for name in RECIPES:
         assert load_recipe(name)["name"] == name
     with pytest.raises(ValueError, match="recipe must be one of"):
@@ -422,7 +423,7 @@ def test_families_from_one_recipe() -> None:
     from sdeflow.processes import VESDE
     from sdeflow.training import DiffFlowModel, FlowModel, ScoreModel
 
-    assert FAMILIES.names() == ("diffflow", "score", "flow")
+    assert FAMILIES.names() == ("diffflow", "score", "flow", "path_matching")
     toy = load_recipe("toy-2d")
     kinds = {"diffflow": DiffFlowModel, "score": ScoreModel, "flow": FlowModel}
     for family, kind in kinds.items():

@@ -66,10 +66,17 @@ def test_built_in_names() -> None:
     assert GRADIENTS.names() == ("backprop", "adjoint", "checkpointed", "sharded",
                                  "sharded-adjoint")
     assert GRIDS.names() == ("power", "s_curve", "uniform")
-    assert NETS.names() == ("fourier_mlp", "ddpm_unet", "lucid_unet")
+    assert NETS.names() == ("fourier_mlp", "mlp", "ddpm_unet", "lucid_unet")
     assert STEPS_SCHEDULES.names() == ("fixed", "stepped", "ramp")
     assert LINEAR_SDES.names() == ("vp", "subvp", "ve")
-    assert FAMILIES.names() == ("diffflow", "score", "flow")
+    assert FAMILIES.names() == ("diffflow", "score", "flow", "path_matching")
+    from sdeflow.couplings import COUPLINGS
+    from sdeflow.objectives import TIME_LAWS
+    from sdeflow.processes import PATHS
+
+    assert PATHS.names() == ("linear", "cosine", "vp", "subvp", "ve")
+    assert TIME_LAWS.names() == ("uniform", "logit_normal", "grid")
+    assert COUPLINGS.names() == ("independent", "minibatch_ot")
     # every grid kind has its random training grid, of n steps, inside [t0, t1]
     for name in GRIDS:
         keys = {"t0": 1e-3, "t1": 0.05, "exponent": 0.9}

@@ -8,7 +8,7 @@ or ``(B,)`` (one time per sample). :data:`NETS` names them for recipes
 """
 
 from .lucid_unet import LinearAttention, LucidUNet
-from .mlp import ACTIVATIONS, FourierMLP
+from .mlp import ACTIVATIONS, FourierMLP, TimeMLP
 from .registry import NETS
 from .time import (
     FourierTimeFeatures,
@@ -22,6 +22,7 @@ __all__ = [
     "ACTIVATIONS",
     "AttnBlock",
     "FourierMLP",
+    "TimeMLP",
     "FourierTimeFeatures",
     "GaussianFourierFeatures",
     "LinearAttention",

@@ -7,6 +7,8 @@ naming the key; the recipe loader calls it. ``extras["tiny"]``, when present, ho
 keys for a network of a few thousand parameters (``--smoke`` runs, :mod:`sdeflow.runs.smoke`).
 
 - ``fourier_mlp``: :class:`~sdeflow.nets.FourierMLP` of ``width`` and ``depth`` on flat states;
+- ``mlp``: :class:`~sdeflow.nets.TimeMLP` (``width``, ``depth``; ``activation``, SiLU by
+  default), the time appended to the input (flow matching's 2D examples);
 - ``ddpm_unet``: :class:`~sdeflow.nets.UNet` (``ch``, ``ch_mult``, ``num_res_blocks``,
   ``attn_resolutions``, ``dropout``) on ``(C, H, W)`` states;
 - ``lucid_unet``: :class:`~sdeflow.nets.LucidUNet` (``dim``, ``dim_mults``; ``attn_heads``,
@@ -88,6 +90,17 @@ def fourier_mlp(spec: Mapping[str, Any], shape: tuple[int, ...]) -> nn.Module:
         raise ValueError(f"net 'fourier_mlp' takes time_input 't' only, got "
                          f"{spec.get('time_input')!r}")
     return FourierMLP(shape[0], spec["width"], spec["depth"])
+
+
+@NETS.register("mlp", required={"width": int, "depth": int}, optional={"activation": str},
+               check=_check, tiny={"width": 16, "depth": 1})
+def mlp(spec: Mapping[str, Any], shape: tuple[int, ...]) -> nn.Module:
+    """:class:`~sdeflow.nets.TimeMLP` ``(d, width, depth, activation)`` for states ``(d,)``."""
+    from sdeflow.nets.mlp import TimeMLP
+
+    if len(shape) != 1:
+        raise ValueError(f"net 'mlp' needs flat states (d,), got shape {shape}")
+    return TimeMLP(shape[0], spec["width"], spec["depth"], spec.get("activation", "silu"))
 
 
 @NETS.register("ddpm_unet", required={"ch": int, "ch_mult": list, "num_res_blocks": int,

@@ -8,8 +8,15 @@ from sdeflow.objectives.flow import FlowNLL, FlowTerms
 from sdeflow.objectives.path_matching import WEIGHTINGS, PathMatching, PathMatchingTerms
 from sdeflow.objectives.score_matching import DenoisingScoreMatching, ScoreMatchingTerms
 from sdeflow.objectives.terms import ObjectiveTerms
-from sdeflow.objectives.times import GridTime, LogitNormalTime, TimeSampler, UniformTime
+from sdeflow.objectives.times import (
+    TIME_LAWS,
+    GridTime,
+    LogitNormalTime,
+    TimeSampler,
+    UniformTime,
+)
 
 __all__ = ["DiffFlowObjective", "DiffFlowTerms", "FlowNLL", "FlowTerms", "DenoisingScoreMatching",
            "ScoreMatchingTerms", "ObjectiveTerms", "PathMatching", "PathMatchingTerms",
-           "WEIGHTINGS", "TimeSampler", "UniformTime", "LogitNormalTime", "GridTime"]
+           "WEIGHTINGS", "TimeSampler", "UniformTime", "LogitNormalTime", "GridTime",
+           "TIME_LAWS"]

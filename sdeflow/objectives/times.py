@@ -9,6 +9,9 @@ evaluated. Each law draws a batch of times with a generator:
   :math:`t_1, \dots, t_N`, the times at which a sampler stepping down that grid evaluates the
   model (the data time :math:`t_0` is not drawn).
 
+:data:`TIME_LAWS` names them for recipes (``model.time``): each factory builds the law on a
+model's :class:`~sdeflow.grids.TimeGrid` (its range, or its times) from the keys it declares.
+
 References:
     Scaling Rectified Flow Transformers for High-Resolution Image Synthesis (Esser et al., 2024),
     https://arxiv.org/abs/2403.03206
@@ -22,8 +25,9 @@ import torch
 from torch import Tensor
 
 from sdeflow.grids import TimeGrid
+from sdeflow.registry import Registry
 
-__all__ = ["TimeSampler", "UniformTime", "LogitNormalTime", "GridTime"]
+__all__ = ["TimeSampler", "UniformTime", "LogitNormalTime", "GridTime", "TIME_LAWS"]
 
 
 def _check_range(t0: float, t1: float) -> tuple[float, float]:
@@ -138,3 +142,35 @@ class GridTime(TimeSampler):
 
     def __repr__(self) -> str:
         return f"GridTime({self.grid!r})"
+
+
+#: The time laws by name (a recipe's ``model.time``); factories ``(grid, **keys) ->
+#: TimeSampler`` on a model's grid: ``uniform`` on ``[grid.t0, grid.t1]``, ``logit_normal``
+#: there (keys ``time_loc``, ``time_scale``), ``grid`` on the grid's times.
+TIME_LAWS: Registry = Registry("time law", key="model.time")
+
+
+@TIME_LAWS.register("uniform")
+def uniform_time(grid: TimeGrid) -> UniformTime:
+    """:class:`UniformTime` on ``[grid.t0, grid.t1]``.
+
+    Example:
+        >>> TIME_LAWS.get("uniform")(TimeGrid.uniform(4, 0.0, 1.0))
+        UniformTime(t0=0.0, t1=1.0)
+    """
+    return UniformTime(grid.t0, grid.t1)
+
+
+@TIME_LAWS.register("logit_normal", optional={"time_loc": (int, float),
+                                              "time_scale": (int, float)})
+def logit_normal_time(grid: TimeGrid, *, time_loc: float = 0.0,
+                      time_scale: float = 1.0) -> LogitNormalTime:
+    """:class:`LogitNormalTime` on ``[grid.t0, grid.t1]`` with ``loc=time_loc``,
+    ``scale=time_scale``."""
+    return LogitNormalTime(grid.t0, grid.t1, loc=time_loc, scale=time_scale)
+
+
+@TIME_LAWS.register("grid")
+def grid_time(grid: TimeGrid) -> GridTime:
+    """:class:`GridTime` on the grid's times."""
+    return GridTime(grid)

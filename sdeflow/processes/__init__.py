@@ -19,11 +19,12 @@ from sdeflow.processes.paths import (
     convert,
     target_coefficients,
 )
-from sdeflow.processes.registry import LINEAR_SDES
+from sdeflow.processes.registry import LINEAR_SDES, PATHS
 from sdeflow.processes.reverse import ReverseSDE, probability_flow
 
 __all__ = [
     "LINEAR_SDES",
+    "PATHS",
     "SDE",
     "LinearPart",
     "ForwardSDE",

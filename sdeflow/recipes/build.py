@@ -16,9 +16,14 @@ wrote it. Every part is chosen by name through its registry: the networks
 - ``score``: :class:`~sdeflow.training.ScoreModel` of the ``[score]`` network under
   ``process.sde`` (VP by default) from ``process.eps`` (``1e-3`` by default), sampled in
   ``sample.steps`` steps (500 when absent);
-- ``flow``: :class:`~sdeflow.training.FlowModel` of the ``[drift]`` network.
+- ``flow``: :class:`~sdeflow.training.FlowModel` of the ``[drift]`` network;
+- ``path_matching``: :class:`~sdeflow.training.PathMatchingModel` of the ``[drift]`` network
+  (predicting ``model.target``, velocity by default) on the ``[path]`` of ``path.kind``
+  (:data:`sdeflow.processes.PATHS`) over the recipe's grid of ``final_steps`` steps, with
+  ``model.weighting``, the time law ``model.time`` (:data:`sdeflow.objectives.TIME_LAWS`) and
+  the coupling ``model.coupling`` (:data:`sdeflow.couplings.COUPLINGS`).
 
-The score and flow families take no trajectory sweep, so ``train.gradient``,
+The score, flow and path-matching families take no trajectory sweep, so ``train.gradient``,
 ``train.discretizer`` and ``train.clip_time`` do not apply to them.
 """
 
@@ -244,10 +249,73 @@ def _flow(recipe: Mapping[str, Any], *, channels_last: bool = False,
     return FlowModel(drift, prior=StandardNormal(state_shape(recipe)), **_grids(recipe))
 
 
+def _declared(entry: Any, spec: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: spec[k] for k in entry.keys if k in spec}
+
+
+def _path_parts(recipe: Mapping[str, Any]) -> dict[str, Any]:
+    """The path, the model grid, the time law and the coupling of a path-matching recipe."""
+    from sdeflow.couplings import COUPLINGS
+    from sdeflow.objectives.times import TIME_LAWS
+    from sdeflow.processes import PATHS
+
+    spec = recipe.get("model", {})
+    path_entry = part_entry(recipe, "path.kind", PATHS)
+    path = path_entry.factory(**_declared(path_entry, recipe["path"]))
+    grid = _grid_of(recipe, final_steps(recipe))
+    law = part_entry(recipe, "model.time", TIME_LAWS)
+    coupling = part_entry(recipe, "model.coupling", COUPLINGS)
+    return {"path": path, "grid": grid, "time": law.factory(grid, **_declared(law, spec)),
+            "coupling": coupling.factory(**_declared(coupling, spec))}
+
+
+def _check_path_matching(recipe: Mapping[str, Any]) -> None:
+    """Path matching's keys: target and weighting by name, and parts that build and convert
+    on the grid (a noise prediction says nothing of the velocity where alpha = 0)."""
+    from sdeflow.objectives import WEIGHTINGS
+    from sdeflow.processes.paths import TARGETS, conversion
+
+    spec = recipe.get("model", {})
+    for key, choices in (("target", TARGETS), ("weighting", WEIGHTINGS)):
+        if key in spec and spec[key] not in choices:
+            raise ValueError(f"model.{key} must be one of {', '.join(choices)}; got "
+                             f"{spec[key]!r}")
+    try:
+        parts = _path_parts(recipe)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"[path], [grid] or the model's time law and coupling: {err}") from None
+    path, grid, target = parts["path"], parts["grid"], spec.get("target", "velocity")
+    if not grid.t1 <= float(getattr(path, "T", 1.0)):
+        raise ValueError(f"grid.t1 = {grid.t1} lies beyond the path's end T = {path.T}")
+    try:
+        conversion(path.path_coefficients(grid.ts.double()), target, "velocity")
+    except ValueError:
+        raise ValueError(f"model.target {target!r} does not determine the velocity on "
+                         f"path.kind {recipe['path']['kind']!r} over [grid.t0, grid.t1] = "
+                         f"[{grid.t0}, {grid.t1}] (alpha or sigma vanishes at an end): choose "
+                         f"target 'velocity' or times inside the path") from None
+
+
+@FAMILIES.register("path_matching", required=("grid", "schedule", "path", "drift"),
+                   check=_check_path_matching, sampling_grid=_grid_of)
+def _path_matching(recipe: Mapping[str, Any], *, channels_last: bool = False,
+                   compile: bool = False) -> nn.Module:
+    """:class:`~sdeflow.training.PathMatchingModel` of the recipe."""
+    from sdeflow.training import PathMatchingModel
+
+    (net,) = _networks(recipe, ("drift",), channels_last=channels_last, compile=compile)
+    spec = recipe.get("model", {})
+    parts = _path_parts(recipe)
+    return PathMatchingModel(net, parts["path"], parts["grid"], state_shape(recipe),
+                             target=spec.get("target", "velocity"),
+                             weighting=spec.get("weighting", "target"), time=parts["time"],
+                             coupling=parts["coupling"])
+
+
 def sampling_grid(recipe: Mapping[str, Any], n: int) -> TimeGrid:
     """The grid of ``n`` steps the recipe's model samples on: the :data:`FAMILIES` entry's
-    declared ``sampling_grid`` (DiffFlow and the flow: the recipe's grid kind; the score
-    family: uniform over ``[eps, T]``).
+    declared ``sampling_grid`` (DiffFlow, the flow and path matching: the recipe's grid kind;
+    the score family: uniform over ``[eps, T]``).
 
     Example:
         >>> from sdeflow.recipes import load_recipe
@@ -290,7 +358,8 @@ def build_model(recipe: Mapping[str, Any], *, channels_last: bool = False,
 def trainer_options(recipe: Mapping[str, Any]) -> dict[str, Any]:
     r"""The :class:`~sdeflow.training.Trainer` keyword arguments of ``recipe``'s ``[optimizer]``
     and ``[train]``: ``lr``, the LR schedule (``lr_gamma``, ``lr_step_size`` in iterations),
-    ``grad_clip``, the EMA (``ema_decay``, ``ema_warmup``, ``ema_start``) and ``precision``.
+    ``grad_clip`` (``None`` when absent: no clipping), the EMA (``ema_decay``, ``ema_warmup``,
+    ``ema_start``) and ``precision``.
 
     A StepLR decaying every ``lr_step_epochs`` of the ``epochs`` (the official 2D schedule)
     steps every :math:`\max(1, \lfloor \text{lr\_step\_epochs} \cdot \text{iterations} /
@@ -311,7 +380,8 @@ def trainer_options(recipe: Mapping[str, Any]) -> dict[str, Any]:
         raise ValueError(f"train.ema_every must be 1 (the Trainer averages after every "
                          f"update), got {train['ema_every']}")
     options: dict[str, Any] = {
-        "lr": float(opt["lr"]), "grad_clip": float(train["grad_clip"]),
+        "lr": float(opt["lr"]),
+        "grad_clip": float(train["grad_clip"]) if "grad_clip" in train else None,
         "ema_decay": float(train["ema"]), "ema_warmup": bool(train.get("ema_warmup", False)),
         "ema_start": int(train.get("ema_start", 0)), "precision": train["precision"],
     }

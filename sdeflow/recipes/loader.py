@@ -5,7 +5,12 @@ read into a plain ``dict`` of sections. A key that chooses a part names an entry
 :class:`~sdeflow.registry.Registry`, and the keys that part reads are the ones its entry
 declares (the registry is the only list: a part a user registers is chosen the same way)::
 
-    model      family: sdeflow.recipes.FAMILIES ("diffflow" by default, "score", "flow")
+    model      family: sdeflow.recipes.FAMILIES ("diffflow" by default, "score", "flow",
+               "path_matching"); path matching's target (sdeflow.processes.paths.TARGETS),
+               weighting (sdeflow.objectives.WEIGHTINGS), time (sdeflow.objectives.TIME_LAWS,
+               "uniform" by default) and coupling (sdeflow.couplings.COUPLINGS, "independent"
+               by default) with their keys
+    path       kind: sdeflow.processes.PATHS ("linear", "cosine", "vp", ...) and its keys
     data       dataset (a 2D set of sdeflow.data.TOY_DATASETS, "cifar10" or "mnist"),
                channels, image_size, resize, dequantize, random_flip (2D: sizes, scaling)
     grid       kind: sdeflow.grids.GRIDS ("power", "s_curve", "uniform") and its keys (t0, t1,
@@ -15,10 +20,12 @@ declares (the registry is the only list: a part a user registers is chosen the s
     process    g, the constant diffusion (diffflow); the score family's linear SDE: sde
                (sdeflow.processes.LINEAR_SDES, "vp" by default) and its keys (beta_min,
                beta_max, ...), eps (the smallest time)
-    drift      net: sdeflow.nets.NETS ("ddpm_unet", "lucid_unet", "fourier_mlp") and its keys
+    drift      net: sdeflow.nets.NETS ("ddpm_unet", "lucid_unet", "fourier_mlp", "mlp") and
+               its keys (path_matching: the network, predicting model.target)
     score      the same
     optimizer  name, lr, lr_schedule ("constant", "step"), lr_gamma, lr_step_epochs
-    train      batch_size (per process under torchrun), epochs, iterations, grad_clip, ema,
+    train      batch_size (per process under torchrun), epochs, iterations, grad_clip (absent:
+               no clipping), ema,
                ema_start, ema_every, ema_warmup, precision ("fp32", "bf16", "fp16"),
                gradient (sdeflow.gradients.GRADIENTS), discretizer
                (sdeflow.discretizers.DISCRETIZERS, "euler_maruyama" by default), clip_time
@@ -51,15 +58,15 @@ __all__ = ["RECIPES", "load_recipe", "apply_overrides", "validate_recipe", "pars
            "recipe_get", "recipe_schema", "part_entry", "time_scale", "CHOICES", "DEFAULTS"]
 
 #: The recipe names, official ones first.
-RECIPES: tuple[str, ...] = ("toy-2d", "mnist", "cifar-a", "cifar-b", "sdeflow-cifar")
+RECIPES: tuple[str, ...] = ("toy-2d", "mnist", "cifar-a", "cifar-b", "sdeflow-cifar",
+                             "flow-matching", "flow-matching-cifar")
 
 _NUMBER = (int, float)
 #: The keys of the sections that name no replaceable part, with their types. The tables that
-#: name one (``grid``, ``schedule``, ``process``, ``drift``, ``score``) take their keys from the
-#: part's registry: :func:`recipe_schema`.
+#: name one (``model``, ``grid``, ``schedule``, ``process``, ``path``, ``drift``, ``score``) take
+#: their keys from the part's registry: :func:`recipe_schema`.
 _FIXED_SCHEMA: dict[str, dict[str, tuple[type, ...]]] = {
     "": {"name": (str,), "official": (bool,), "description": (str,)},
-    "model": {"family": (str,)},
     "data": {"dataset": (str,), "channels": (int,), "image_size": (int,), "resize": (str,),
              "dequantize": (bool,), "random_flip": (bool,), "train_size": (int,),
              "val_size": (int,), "max_abs": _NUMBER, "standardize": (bool,)},
@@ -80,7 +87,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 #: The defaults of the optional keys that choose parts.
 DEFAULTS: dict[str, str] = {"model.family": "diffflow", "train.discretizer": "euler_maruyama",
-                            "process.sde": "vp"}
+                            "process.sde": "vp", "model.time": "uniform",
+                            "model.coupling": "independent"}
 
 
 def recipe_schema() -> dict[str, dict[str, tuple[type, ...]]]:
@@ -93,13 +101,18 @@ def recipe_schema() -> dict[str, dict[str, tuple[type, ...]]]:
         >>> schema["grid"]["exponent"], "dim_mults" in schema["score"]
         ((<class 'int'>, <class 'float'>), True)
     """
+    from sdeflow.couplings import COUPLINGS
     from sdeflow.grids import GRIDS
     from sdeflow.nets import NETS
-    from sdeflow.processes import LINEAR_SDES
+    from sdeflow.objectives.times import TIME_LAWS
+    from sdeflow.processes import LINEAR_SDES, PATHS
     from sdeflow.training.progressive import STEPS_SCHEDULES
 
     nets = {"net": (str,), **NETS.key_types()}
     return {**_FIXED_SCHEMA,
+            "model": {"family": (str,), "target": (str,), "weighting": (str,), "time": (str,),
+                      "coupling": (str,), **TIME_LAWS.key_types(), **COUPLINGS.key_types()},
+            "path": {"kind": (str,), **PATHS.key_types()},
             "grid": {"kind": (str,), "jitter": (bool,), **GRIDS.key_types()},
             "schedule": {"kind": (str,), **STEPS_SCHEDULES.key_types()},
             "process": {"g": _NUMBER, "sde": (str,), "eps": _NUMBER,
@@ -324,7 +337,7 @@ def validate_recipe(recipe: Mapping[str, Any]) -> None:
             if key not in optimizer:
                 raise ValueError(f"optimizer.lr_schedule 'step' needs optimizer.{key}")
 
-    for key in ("batch_size", "iterations", "precision", "gradient", "grad_clip", "ema"):
+    for key in ("batch_size", "iterations", "precision", "gradient", "ema"):
         if key not in train:
             raise ValueError(f"[train] needs {key}")
     for key in ("batch_size", "iterations", "epochs", "ema_every"):
@@ -334,7 +347,7 @@ def validate_recipe(recipe: Mapping[str, Any]) -> None:
         raise ValueError(f"train.ema_start must be >= 0, got {train['ema_start']}")
     if not 0 <= train["ema"] < 1:
         raise ValueError(f"train.ema must be in [0, 1), got {train['ema']}")
-    if not train["grad_clip"] > 0:
+    if "grad_clip" in train and not train["grad_clip"] > 0:
         raise ValueError(f"train.grad_clip must be > 0, got {train['grad_clip']}")
     _check_choice("train.precision", train["precision"], "train.precision")
     part_entry(recipe, "train.gradient", GRADIENTS)

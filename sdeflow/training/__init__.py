@@ -22,6 +22,7 @@ from sdeflow.training.interrupts import TrainingInterrupted
 from sdeflow.training.memory import retain_freed_memory
 from sdeflow.training.models import DiffFlowModel, FlowModel, GenerativeModel, ScoreModel
 from sdeflow.training.options import Checkpointing, EMAConfig, Logging, Optimization, Plots, step_lr
+from sdeflow.training.path_model import PathMatchingModel
 from sdeflow.training.progressive import (
     STEPS_SCHEDULES,
     FixedSteps,
@@ -51,6 +52,7 @@ __all__ = [
     "FixedSteps",
     "FlowModel",
     "GenerativeModel",
+    "PathMatchingModel",
     "NonFiniteError",
     "ProgressiveSteps",
     "STEPS_SCHEDULES",
