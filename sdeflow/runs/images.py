@@ -3,8 +3,8 @@ r"""Evaluating an image model while it trains: bits/dim and FID of the EMA model
 Every ``every`` steps (and at the end) :class:`ImageEvaluation` evaluates the EMA model:
 bits/dim on ``size`` held-out test images (one fixed dequantization, the same on every rank) by
 the negative ELBO and by the probability-flow ODE (Hutchinson), both with the 8-bit
-dequantization term (``levels = 256``), and FID of ``fid_samples`` samples (the recipe's
-``sample.steps``, the reverse SDE) against the statistics of the training images. Results go to
+dequantization term (``levels = 256``), and FID of ``fid_samples`` samples (the model's sampling
+grid, the reverse SDE) against the statistics of the training images. Results go to
 ``eval.jsonl``; the last one into ``metrics.json``. ``sdeflow evaluate`` is the fuller
 evaluation (FID against :math:`N` and :math:`\lambda`, repeated dequantizations).
 """
@@ -105,13 +105,14 @@ class ImageEvaluation:
 
     def fid(self, model, step: int) -> dict[str, Any]:
         from sdeflow.evaluation import sample_fid
+        from sdeflow.recipes import recipe_get
 
         n = self.options.fid_samples
         result = sample_fid(lambda b: self.to_uint8(model.sample(b)), n, self.reference,
                             inception=self.inception, batch_size=min(500, n),
                             seed=self.seed + 7 + step, ctx=self.ctx, progress=False)
         return {"fid": result["fid"], "fid_samples": n,
-                "fid_n_steps": self.recipe["sample"]["steps"], "fid_lam": 1.0,
+                "fid_n_steps": recipe_get(self.recipe, "sample.steps"), "fid_lam": 1.0,
                 "fid_reference": self.options.fid_ref,
                 "sample_images_per_s": result["images_per_s"]}
 

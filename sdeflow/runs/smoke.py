@@ -28,7 +28,8 @@ def _tiny(registry, name: str | None) -> dict[str, Any]:
 
 
 def smoke_overrides(recipe: Mapping[str, Any]) -> list[str]:
-    """The recipe entries ``--smoke`` sets: tiny networks of the recipe's kinds, 4 steps of
+    """The recipe entries ``--smoke`` sets: tiny networks of the recipe's kinds (in every table
+    that names a ``net``), 4 steps of
     batch 4 in fp32, a short schedule of :math:`N`, 4 sampling steps; 2D recipes also draw 256
     training and 64 test points.
 
@@ -40,16 +41,15 @@ def smoke_overrides(recipe: Mapping[str, Any]) -> list[str]:
         ['schedule.values=[2, 3, 4]', 'schedule.milestones=[1, 2]']
     """
     from sdeflow.nets import NETS
-    from sdeflow.recipes import state_shape
+    from sdeflow.recipes import recipe_get, state_shape
     from sdeflow.training import STEPS_SCHEDULES
 
     out = [_entry("train.iterations", 4), _entry("train.batch_size", 4),
            _entry("train.precision", "fp32"), _entry("sample.steps", 4)]
-    for section in ("drift", "score"):
-        if section in recipe:
-            tiny = _tiny(NETS, recipe[section].get("net"))
-            out += [_entry(f"{section}.{k}", v) for k, v in tiny.items()]
-    tiny = _tiny(STEPS_SCHEDULES, recipe["schedule"]["kind"])
+    for section, table in recipe.items():  # every table that names a network
+        if isinstance(table, Mapping) and "net" in table:
+            out += [_entry(f"{section}.{k}", v) for k, v in _tiny(NETS, table["net"]).items()]
+    tiny = _tiny(STEPS_SCHEDULES, recipe_get(recipe, "schedule.kind"))
     out += [_entry(f"schedule.{k}", v) for k, v in tiny.items()]
     if len(state_shape(recipe)) == 1:
         out += [_entry("data.train_size", 256), _entry("data.val_size", 64)]

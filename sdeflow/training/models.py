@@ -13,7 +13,8 @@ family              training objective                         :meth:`nelbo`
 ==================  =========================================  ===============================
 
 All three report the exact NLL of their continuous-time model through the probability-flow ODE
-:math:`dx = [f - \tfrac12 g^2 s]\,dt` (:math:`g = 0` for the flow).
+:math:`dx = [f - \tfrac12 g^2 s]\,dt` (:math:`g = 0` for the flow); so does the fourth family,
+path matching (:class:`~sdeflow.training.path_model.PathMatchingModel`).
 """
 
 from __future__ import annotations
@@ -43,11 +44,11 @@ from sdeflow.priors import StandardNormal
 from sdeflow.processes import ForwardSDE, LinearSDE, ReverseSDE, probability_flow
 from sdeflow.sampling import sample
 from sdeflow.schedules import Schedule
+from sdeflow.training.model_grids import GridSpec, _GridMixin
 from sdeflow.training.progressive import StepsSchedule
 
 __all__ = ["GenerativeModel", "DiffFlowModel", "ScoreModel", "FlowModel"]
 
-GridSpec = TimeGrid | Callable[[int], TimeGrid]
 
 
 class GenerativeModel(nn.Module, ABC):
@@ -61,8 +62,9 @@ class GenerativeModel(nn.Module, ABC):
         """``(scalar loss to minimize, dict of floats to log)`` for one training batch."""
 
     @abstractmethod
-    def sample(self, n: int) -> Tensor:
-        """``n`` samples, ``(n, *state)`` (no autograd)."""
+    def sample(self, n: int, *, lam: float = 1.0, grid: TimeGrid | None = None) -> Tensor:
+        """``n`` samples ``(n, *state)`` (no autograd) by the reverse family of noise scale
+        ``lam`` on ``grid`` (default: the model's own sampling grid)."""
 
     @abstractmethod
     def log_likelihood(self, x: Tensor, **ode_kwargs: Any) -> Tensor:
@@ -100,67 +102,6 @@ class GenerativeModel(nn.Module, ABC):
         else:
             raise ValueError(f"plot supports 2D points and (C, H, W) images, got state shape "
                              f"{self.state_shape}")
-
-
-def _check_grid(grid: GridSpec, progressive: StepsSchedule | None) -> TimeGrid:
-    """The evaluation grid (``n_end`` steps when progressive) from a grid or grid factory."""
-    if progressive is not None and not isinstance(progressive, StepsSchedule):
-        raise TypeError(f"progressive must be a StepsSchedule (ProgressiveSteps, SteppedSteps, "
-                        f"...), got {type(progressive).__name__}")
-    if isinstance(grid, TimeGrid):
-        if progressive is not None:
-            raise ValueError("grid must be a factory n -> TimeGrid (e.g. functools.partial("
-                             "TimeGrid.power, t0=1e-3, t1=0.05, exponent=0.9)) to use a "
-                             "progressive number of steps")
-        return grid
-    if not callable(grid):
-        raise TypeError(f"grid must be a TimeGrid or a callable n -> TimeGrid, got "
-                        f"{type(grid).__name__}")
-    if progressive is None:
-        raise ValueError("a grid factory needs progressive=ProgressiveSteps(...); pass a "
-                         "TimeGrid for a fixed number of steps")
-    built = grid(progressive.n_end)
-    if not isinstance(built, TimeGrid):
-        raise TypeError(f"grid(n) must return a TimeGrid, got {type(built).__name__}")
-    return built
-
-
-class _GridMixin:
-    """Training grid at each step: the base grid (or ``grid_fn(N(step))``), jittered."""
-
-    grid_ts: Tensor
-
-    def _setup_grid(self, grid: GridSpec, progressive: StepsSchedule | None,
-                    jitter: bool | Callable[[int], TimeGrid]) -> None:
-        base = _check_grid(grid, progressive)
-        self.register_buffer("grid_ts", base.ts.clone())
-        self._grid_fn = None if isinstance(grid, TimeGrid) else grid
-        if not (isinstance(jitter, bool) or callable(jitter)):
-            raise TypeError(f"jitter must be a bool or a callable n -> TimeGrid (a random grid of "
-                            f"n steps, e.g. TimeGrid.s_curve_random), got {type(jitter).__name__}")
-        self.progressive, self.jitter = progressive, jitter
-
-    @property
-    def grid(self) -> TimeGrid:
-        """The evaluation grid (the base grid; ``n_end`` steps with a progressive schedule)."""
-        return TimeGrid(self.grid_ts)
-
-    def training_grid(self, step: int) -> TimeGrid:
-        """The grid of training step ``step``: ``N(step)`` steps, jittered if ``jitter`` is
-        ``True``, or drawn by ``jitter(N)`` when it is a callable."""
-        n = self.grid.n_steps if self.progressive is None else self.progressive(step)
-        # a random grid draws from the global RNG, which the trainer checkpoints
-        if callable(self.jitter):
-            grid = self.jitter(n)
-            if not isinstance(grid, TimeGrid) or grid.n_steps != n:
-                got = grid if not isinstance(grid, TimeGrid) else f"{grid.n_steps} steps"
-                raise ValueError(f"jitter(n) must return a TimeGrid of n={n} steps, got {got}")
-        elif self.progressive is None:
-            grid = self.grid
-        else:
-            grid = self._grid_fn(n)
-        grid = TimeGrid(grid.ts.to(dtype=self.grid_ts.dtype, device=self.grid_ts.device))
-        return grid.jitter() if self.jitter is True else grid
 
 
 class _ClippedTime(nn.Module):
