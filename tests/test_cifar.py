@@ -26,8 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCHMARK = ROOT / "benchmarks" / "cifar_train.py"
 
 
-def _load(path: Path, name: str):
-    spec = importlib.util.spec_from_file_location(name, path)
+def _load_benchmark():
+    spec = importlib.util.spec_from_file_location("cifar_train_benchmark", BENCHMARK)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -209,7 +209,7 @@ def test_smoke_compile_checkpoints_resume_with_or_without_it(data_dir: Path,
 @pytest.fixture
 def cifar_train():
     threads = torch.get_num_threads()
-    yield _load(BENCHMARK, "cifar_train_benchmark")
+    yield _load_benchmark()
     torch.set_num_threads(threads)
 
 

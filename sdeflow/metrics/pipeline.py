@@ -143,15 +143,9 @@ def extract_features(
     """
     chunks = [
         features.detach().to("cpu", torch.float64).numpy()
-        for features in _features(
-            images,
-            num_samples=num_samples,
-            extractor=extractor,
-            batch_size=batch_size,
-            device=device,
-            progress=progress,
-            desc=desc,
-        )
+        for features in _features(images, num_samples=num_samples, extractor=extractor,
+                                  batch_size=batch_size, device=device, progress=progress,
+                                  desc=desc)
     ]
     if not chunks:
         raise ValueError("images must hold at least one image, got none")
@@ -207,17 +201,9 @@ def accumulate_features(
     rank, world_size = (0, 1) if ctx is None else (ctx.rank, ctx.world_size)
     if device is None and ctx is not None:
         device = ctx.device
-    for features in _features(
-        images,
-        num_samples=num_samples,
-        extractor=extractor,
-        batch_size=batch_size,
-        device=device,
-        rank=rank,
-        world_size=world_size,
-        progress=progress and rank == 0,
-        desc=desc,
-    ):
+    for features in _features(images, num_samples=num_samples, extractor=extractor,
+                              batch_size=batch_size, device=device, rank=rank,
+                              world_size=world_size, progress=progress and rank == 0, desc=desc):
         sums.add(features)
     return sums if ctx is None else sums.all_reduce(ctx)
 
@@ -246,16 +232,9 @@ def image_statistics(
         >>> mu.shape, sigma.shape
         ((4,), (4, 4))
     """
-    return accumulate_features(
-        images,
-        num_samples=num_samples,
-        extractor=extractor,
-        batch_size=batch_size,
-        device=device,
-        ctx=ctx,
-        progress=progress,
-        desc=desc,
-    ).statistics()
+    return accumulate_features(images, num_samples=num_samples, extractor=extractor,
+                               batch_size=batch_size, device=device, ctx=ctx, progress=progress,
+                               desc=desc).statistics()
 
 
 def _is_statistics(reference: object) -> bool:
@@ -337,15 +316,8 @@ def reference_statistics(
                 "recomputing them",
                 stacklevel=2,
             )
-    sums = accumulate_features(
-        reference,
-        extractor=extractor,
-        batch_size=batch_size,
-        device=device,
-        ctx=ctx,
-        progress=progress,
-        desc="reference features",
-    )
+    sums = accumulate_features(reference, extractor=extractor, batch_size=batch_size,
+                               device=device, ctx=ctx, progress=progress, desc="reference features")
     mu, sigma = sums.statistics()
     if cache is not None:
         if is_main:
@@ -422,9 +394,8 @@ def fid(
     )
     sums = samples
     if not isinstance(samples, FeatureSums):
-        sums = accumulate_features(
-            samples, num_samples=num_samples, desc="sample features", **options
-        )
+        sums = accumulate_features(samples, num_samples=num_samples, desc="sample features",
+                                   **options)
     mu_s, sigma_s = sums.statistics()
     if mu_s.shape != tuple(mu_r.shape):
         raise ValueError(
