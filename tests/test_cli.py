@@ -318,3 +318,4 @@ def test_train_sample_and_evaluate_a_smoke_image_run(tmp_path):
     assert main(["evaluate", str(run), "--no-fid", "--bpd-images", "2", "--no-progress"]) == 0
     result = json.loads((run / "eval" / "4" / "eval.json").read_text())
     assert math.isfinite(result["bpd"]["ode"]["mean"])
+    assert (run / "eval" / "4" / "samples.png").read_bytes()[:8] == PNG  # without FID too

@@ -14,7 +14,8 @@ r"""Evaluate a training run's checkpoint: FID against the number of sampling ste
   :mod:`sdeflow.evaluation.samples`; features, statistics and score from
   :mod:`sdeflow.metrics` through :mod:`sdeflow.evaluation.scoring`);
 - ``fid_vs_steps.md`` and ``fid_vs_steps.png``: the FID-against-N table and plot (with the
-  paper's figures for CIFAR-10), ``samples.png``: a grid of samples at the largest :math:`N`;
+  paper's figures for CIFAR-10), ``samples.png``: a grid of samples at the largest :math:`N`
+  (without FID: 64 samples on the model's own sampling grid);
 - bits/dim of the test set (or its first ``bpd_images``) by the ELBO and the ODE with
   ``dequant_repeats`` dequantizations (:mod:`sdeflow.evaluation.bpd`);
 - the scalars and the sample grid in TensorBoard's format (``RUN_DIR/tensorboard``, tags
@@ -216,6 +217,13 @@ def evaluate_run(
                                 nrow=max(1, int(math.sqrt(shown.shape[0]))))
                 result["files"] |= {"fid_table": "fid_vs_steps.md",
                                     "fid_plot": "fid_vs_steps.png", "samples": "samples.png"}
+        elif ctx.is_main:  # no FID samples to show: a grid of its own, on a forked RNG
+            with torch.random.fork_rng(devices=[ctx.device] if ctx.device.type == "cuda"
+                                       else []), torch.no_grad():
+                torch.manual_seed(seed)
+                shown = model.sample(GRID_IMAGES, lam=lams[0] if lams else 1.0)
+            save_image_grid(shown, out / "samples.png", nrow=int(math.sqrt(GRID_IMAGES)))
+            result["files"]["samples"] = "samples.png"
         if bpd:
             test = images(False)
             if bpd_images is not None:
