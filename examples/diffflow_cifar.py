@@ -44,8 +44,10 @@ args = parser.parse_args()
 torch.manual_seed(0)
 
 # Data: raw uint8 images; batches map them to [-1, 1] (x = 2k/255 - 1) with random flips.
-if args.smoke and args.data_dir is None:
-    args.data_dir = write_tiny_cifar10_archive(args.out / "data", n_train=32, n_test=8).parent
+if args.smoke and args.data_dir is None:  # a tiny archive in the real format
+    args.data_dir = args.out / "data"
+    args.data_dir.mkdir(parents=True, exist_ok=True)
+    write_tiny_cifar10_archive(args.data_dir, n_train=32, n_test=8)
 images, _ = load_cifar10(args.data_dir, train=True, verify=not args.smoke, download=False)
 batch = 4 if args.smoke else 100
 data = ImageBatches(TensorBatches(images, batch, seed=1), dequantize=False, random_flip=True)
@@ -65,7 +67,7 @@ steps_of_n = (SteppedSteps([2, 3], [2]) if args.smoke else
 model = DiffFlowModel(
     drift, score, 1.0, grids, StandardNormal((3, 32, 32)), progressive=steps_of_n,
     jitter=functools.partial(TimeGrid.s_curve_random, t0=1e-3, t1=0.05),
-    gradient=StochasticAdjoint(), sample_grid=grids(100))
+    gradient=StochasticAdjoint(), sample_grid=grids(4 if args.smoke else 100))
 
 trainer = Trainer(
     model, data, steps=4 if args.smoke else args.steps,
