@@ -58,7 +58,7 @@ def train(steps: int, batch: int, width: int, seed: int) -> tuple[DiffFlowModel,
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         schedule.step()
-    return model, float(loss)
+    return model, float(loss.detach())
 
 
 def moments(x: torch.Tensor, w: torch.Tensor) -> tuple[list, list]:
