@@ -162,6 +162,9 @@ def _add_train(commands) -> None:
                     help="images: samples for FID (0: none; default: 1000, --smoke: 16)")
     ev.add_argument("--fid-ref", choices=("train", "test"), default=None,
                     help="images: the split FID compares with (default: train; --smoke: test)")
+    ev.add_argument("--ode-tol", type=_positive_float, default=None,
+                    help="images: dopri5 rtol = atol of the bits/dim ODE (default: 1e-5; "
+                         "--smoke: 1e-3)")
     gpu = p.add_argument_group("GPU layout (measure first: benchmarks/cifar_train.py)")
     gpu.add_argument("--channels-last", action="store_true",
                      help="image networks and batches in torch.channels_last")
@@ -380,14 +383,15 @@ def run_train(args: argparse.Namespace, *, preset: str, overrides: list[str],
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     retain_freed_memory()  # CPU: no page faults re-acquiring each step's activations
-    smoke_images = {"every": 0, "size": 4, "fid_samples": 16, "fid_ref": "test"}
+    smoke_images = {"every": 0, "size": 4, "fid_samples": 16, "fid_ref": "test", "ode_tol": 1e-3}
     image_defaults = smoke_images if smoke else {}
     images = ImageEvalOptions(**{
         **image_defaults, **{k: v for k, v in (
             ("every", getattr(args, "eval_every", None)),
             ("size", getattr(args, "eval_size", None)),
             ("fid_samples", getattr(args, "fid_samples", None)),
-            ("fid_ref", getattr(args, "fid_ref", None))) if v is not None}})
+            ("fid_ref", getattr(args, "fid_ref", None)),
+            ("ode_tol", getattr(args, "ode_tol", None))) if v is not None}})
     settings = RunSettings(seed=args.seed, device=args.device or ("cpu" if smoke else None),
                            channels_last=getattr(args, "channels_last", False),
                            compile=getattr(args, "compile", False))

@@ -32,13 +32,14 @@ LEVELS = 256
 @dataclass(frozen=True)
 class ImageEvalOptions:
     """When and how much to evaluate: every ``every`` steps (0: at the end only), bits/dim on
-    ``size`` test images, FID of ``fid_samples`` samples (0: none) against the ``fid_ref``
-    split's statistics."""
+    ``size`` test images (the ODE solved to ``ode_tol``), FID of ``fid_samples`` samples (0:
+    none) against the ``fid_ref`` split's statistics."""
 
     every: int = 50_000
     size: int = 100
     fid_samples: int = 1000
     fid_ref: str = "train"
+    ode_tol: float = 1e-5
 
     def __post_init__(self) -> None:
         for name, low in (("every", 0), ("size", 1), ("fid_samples", 0)):
@@ -49,6 +50,8 @@ class ImageEvalOptions:
             raise ValueError("fid_samples must be 0 (no FID) or >= 2")
         if self.fid_ref not in ("train", "test"):
             raise ValueError(f"fid_ref must be 'train' or 'test', got {self.fid_ref!r}")
+        if not (isinstance(self.ode_tol, float) and 0 < self.ode_tol < 1):
+            raise ValueError(f"ode_tol must be a number in (0, 1), got {self.ode_tol!r}")
 
 
 class ImageEvaluation:
@@ -58,11 +61,11 @@ class ImageEvaluation:
 
     def __init__(self, data: RunData, recipe: dict[str, Any], out: Path,
                  options: ImageEvalOptions, ctx: DistributedContext, *, seed: int,
-                 progress: bool = True, ode_tol: float = 1e-5) -> None:
+                 progress: bool = True) -> None:
         from sdeflow.data import dequantize
 
         self.recipe, self.out, self.options, self.ctx = recipe, Path(out), options, ctx
-        self.seed, self.ode_tol = seed, ode_tol
+        self.seed, self.ode_tol = seed, options.ode_tol
         size = min(options.size, data.test.shape[0])
         if size < ctx.world_size:
             raise ValueError(f"the evaluation size {size} must be at least the number of "

@@ -88,12 +88,14 @@ class GenerativeModel(nn.Module, ABC):
     def state_shape(self) -> tuple[int, ...]:
         return tuple(self.prior().event_shape)
 
-    def plot(self, path: str | Path, *, n: int = 2000, data: Tensor | None = None,
+    def plot(self, path: str | Path, *, n: int | None = None, data: Tensor | None = None,
              title: str | None = None) -> None:
         """Write a picture of ``n`` samples to ``path``: a scatter plot beside ``data`` for 2D
-        states, an image grid for ``(C, H, W)`` states (the trainer's periodic plot hook)."""
+        states (default 2000 points), an image grid for ``(C, H, W)`` states (default 64
+        images); the trainer's periodic plot hook."""
         from sdeflow import plotting  # matplotlib only when plotting
 
+        n = n or (64 if len(self.state_shape) == 3 else 2000)
         samples = self.sample(n).float().cpu()
         if len(self.state_shape) == 1 and self.state_shape[0] == 2:
             plotting.plot_samples_2d(samples, path, data=data, title=title)
