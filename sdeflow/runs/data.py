@@ -124,14 +124,14 @@ def _points(recipe: dict[str, Any], seed: int) -> RunData:
     return RunData("points", train, test, pre.inverse, float(pre.log_abs_det), pre)
 
 
-def _images(recipe: dict[str, Any], source: DataSource, seed: int, *,
-            download: bool) -> RunData:
+def _images(recipe: dict[str, Any], source: DataSource, *, download: bool) -> RunData:
     from sdeflow.recipes.data import load_images, to_uint8, write_tiny_archives
 
     dataset = recipe["data"]["dataset"]
     folder = Path(source.dir)
     if source.generated and not (folder / ".complete").exists():
-        write_tiny_archives(dataset, folder, n_train=64, n_test=16, seed=seed)
+        # one stand-in data set per folder, whatever the run's seed (it outlives --overwrite)
+        write_tiny_archives(dataset, folder, n_train=64, n_test=16, seed=0)
         (folder / ".complete").touch()
     resize = str(recipe["data"].get("resize", "pad"))
     try:
@@ -168,7 +168,7 @@ def load_run_data(recipe: dict[str, Any], source: DataSource, *, seed: int,
     if source.dir is None:
         raise ValueError(f"the {recipe['data']['dataset']} recipe needs --data-dir (the folder "
                          f"of its files), or --smoke for a tiny generated data set")
-    return _images(recipe, source, seed, download=download)
+    return _images(recipe, source, download=download)
 
 
 def default_source(recipe: dict[str, Any], data_dir: str | os.PathLike | None, *,

@@ -12,6 +12,8 @@ A run folder holds::
     samples.png          samples of the EMA model at the end of training
     metrics.json         the end-of-training figures (test NLL, ELBO, FID, times)
     eval/<step>/         what ``sdeflow evaluate`` writes
+    data/                ``--smoke`` without ``--data-dir``: the generated stand-in data (kept
+                         by ``--overwrite``)
 
 :func:`plan_run` decides, before anything is written or deleted, what a ``sdeflow train``
 command does with its ``--out``: start a new run, resume the one there (the same recipe and
@@ -40,7 +42,7 @@ CONFIG_FORMAT = 2
 RUN_FILES: tuple[str, ...] = (
     CONFIG_NAME, "checkpoint.pt", "checkpoint.json", "checkpoints", "metrics.jsonl",
     "tensorboard", "samples", "samples.png", "density.png", "loss.png", "metrics.json",
-    "eval", "eval.jsonl", "data")
+    "eval", "eval.jsonl")
 #: Keys of the recipe a re-run may change without being a different run.
 _MAY_GROW = "train.iterations"
 
