@@ -51,7 +51,7 @@ from torch import Tensor, nn
 
 from sdeflow._checks import check_finite, check_modules, expand_to
 from sdeflow.couplings import Coupling, IndependentCoupling
-from sdeflow.objectives.terms import ObjectiveTerms
+from sdeflow.objectives.terms import RegressionTerms
 from sdeflow.objectives.times import TimeSampler, UniformTime
 from sdeflow.processes.base import SDE, PathCoefficients
 from sdeflow.processes.paths import TARGETS, conversion, require_affine_path, target_coefficients
@@ -63,7 +63,7 @@ WEIGHTINGS: tuple[str, ...] = ("target", *TARGETS, "likelihood")
 
 
 @dataclass
-class PathMatchingTerms(ObjectiveTerms):
+class PathMatchingTerms(RegressionTerms):
     r"""Path matching per sample.
 
     Attributes:
@@ -71,14 +71,6 @@ class PathMatchingTerms(ObjectiveTerms):
         values: :math:`w(t)\,|m(x_t, t) - y|^2/2` per sample, ``(B,)``, in the order of ``x0``.
         t: The times drawn, ``(B,)``.
     """
-
-    values: Tensor
-    t: Tensor
-
-    @property
-    def per_sample(self) -> Tensor:
-        """:attr:`values`."""
-        return self.values
 
 
 class PathMatching(nn.Module):

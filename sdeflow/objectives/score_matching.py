@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from sdeflow._checks import check_finite, expand_to
-from sdeflow.objectives.terms import ObjectiveTerms
+from sdeflow.objectives.terms import RegressionTerms
 from sdeflow.processes.base import SDE
 
 __all__ = ["DenoisingScoreMatching", "ScoreMatchingTerms"]
@@ -28,7 +28,7 @@ _WEIGHTINGS = ("sigma2", "likelihood")
 
 
 @dataclass
-class ScoreMatchingTerms(ObjectiveTerms):
+class ScoreMatchingTerms(RegressionTerms):
     r"""Denoising score matching per sample.
 
     Attributes:
@@ -36,14 +36,6 @@ class ScoreMatchingTerms(ObjectiveTerms):
         values: :math:`\lambda(t)\,|s(x_t, t) + \epsilon/\sigma(t)|^2/2` per sample, ``(B,)``.
         t: The times drawn, ``(B,)``.
     """
-
-    values: Tensor
-    t: Tensor
-
-    @property
-    def per_sample(self) -> Tensor:
-        """:attr:`values`."""
-        return self.values
 
 
 class DenoisingScoreMatching(nn.Module):

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-__all__ = ["ObjectiveTerms"]
+__all__ = ["ObjectiveTerms", "RegressionTerms"]
 
 
 @dataclass
@@ -25,3 +25,22 @@ class ObjectiveTerms(ABC):
     @abstractmethod
     def per_sample(self) -> Tensor:
         """The per-sample values ``(B,)`` whose mean is :attr:`loss`."""
+
+
+@dataclass
+class RegressionTerms(ObjectiveTerms):
+    r"""The terms of a regression at random times (score matching, path matching).
+
+    Attributes:
+        loss: Mean of :attr:`values`.
+        values: The weighted squared error per sample, ``(B,)``, in the order of the data.
+        t: The times drawn, ``(B,)``.
+    """
+
+    values: Tensor
+    t: Tensor
+
+    @property
+    def per_sample(self) -> Tensor:
+        """:attr:`values`."""
+        return self.values
