@@ -131,7 +131,7 @@ def test_presets_hold_their_cited_values():
                                          "attn_resolutions", "dropout")} == {
         "ch": 128, "ch_mult": [1, 2, 2, 2], "num_res_blocks": 2, "attn_resolutions": [16],
         "dropout": 0.1}
-    assert cfm["optimizer"]["lr"] == 2e-4
+    assert (cfm["optimizer"]["lr"], cfm["optimizer"]["lr_warmup"]) == (2e-4, 5000)
     train = cfm["train"]
     assert (train["batch_size"], train["iterations"], train["ema"], train["grad_clip"]) == (
         128, 400001, 0.9999, 1.0)

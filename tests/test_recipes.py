@@ -335,7 +335,8 @@ def test_grid_factory_matches_the_grid_kinds() -> None:
 def test_trainer_options() -> None:
     opts = trainer_options(load_recipe("cifar-b"))
     assert opts == {"lr": 2e-4, "grad_clip": 1.0, "ema_decay": 0.999, "ema_warmup": False,
-                    "ema_start": 10, "precision": "fp16", "lr_gamma": 1.0, "lr_step_size": None}
+                    "ema_start": 10, "precision": "fp16", "lr_gamma": 1.0, "lr_step_size": None,
+                    "lr_schedule": "constant", "lr_warmup": 0, "lr_final": 0.1}
     own = trainer_options(load_recipe("sdeflow-cifar"))
     assert (own["ema_warmup"], own["ema_start"], own["precision"]) == (True, 0, "bf16")
     with pytest.raises(ValueError, match="ema_every"):
@@ -350,7 +351,8 @@ def test_lr_step_size_scales_the_official_epochs() -> None:
         recipe = apply_overrides(toy, [f"train.iterations={iterations}"])
         assert trainer_options(recipe)["lr_step_size"] == expected
     assert set(trainer_options(toy)) == {"lr", "lr_gamma", "lr_step_size", "grad_clip",
-                                         "ema_decay", "ema_warmup", "ema_start", "precision"}
+                                         "ema_decay", "ema_warmup", "ema_start", "precision",
+                                         "lr_schedule", "lr_warmup", "lr_final"}
 
 
 # -- model families ------------------------------------------------------------------------------

@@ -357,7 +357,9 @@ def build_model(recipe: Mapping[str, Any], *, channels_last: bool = False,
 
 def trainer_options(recipe: Mapping[str, Any]) -> dict[str, Any]:
     r"""The :class:`~sdeflow.training.Trainer` keyword arguments of ``recipe``'s ``[optimizer]``
-    and ``[train]``: ``lr``, the LR schedule (``lr_gamma``, ``lr_step_size`` in iterations),
+    and ``[train]``: ``lr``, the LR schedule (``lr_schedule``; StepLR's ``lr_gamma`` and
+    ``lr_step_size`` in iterations; the warm-up steps ``lr_warmup`` and final fraction
+    ``lr_final`` of :func:`~sdeflow.training.lr_decay`),
     ``grad_clip`` (``None`` when absent: no clipping), the EMA (``ema_decay``, ``ema_warmup``,
     ``ema_start``) and ``precision``.
 
@@ -392,4 +394,6 @@ def trainer_options(recipe: Mapping[str, Any]) -> dict[str, Any]:
                                         // epochs)}
     else:
         options |= {"lr_gamma": 1.0, "lr_step_size": None}
+    options |= {"lr_schedule": opt["lr_schedule"], "lr_warmup": int(opt.get("lr_warmup", 0)),
+                "lr_final": float(opt.get("lr_final", 0.1))}
     return options

@@ -23,7 +23,9 @@ declares (the registry is the only list: a part a user registers is chosen the s
     drift      net: sdeflow.nets.NETS ("ddpm_unet", "lucid_unet", "fourier_mlp", "mlp") and
                its keys (path_matching: the network, predicting model.target)
     score      the same
-    optimizer  name, lr, lr_schedule ("constant", "step"), lr_gamma, lr_step_epochs
+    optimizer  name, lr, lr_schedule ("constant", "step", "linear", "cosine"), lr_gamma and
+               lr_step_epochs (step), lr_final (linear, cosine: the final fraction of lr,
+               0.1 by default), lr_warmup (steps of linear warm-up from 0; not with step)
     train      batch_size (per process under torchrun), epochs, iterations, grad_clip (absent:
                no clipping), ema,
                ema_start, ema_every, ema_warmup, precision ("fp32", "bf16", "fp16"),
@@ -71,7 +73,7 @@ _FIXED_SCHEMA: dict[str, dict[str, tuple[type, ...]]] = {
              "dequantize": (bool,), "random_flip": (bool,), "train_size": (int,),
              "val_size": (int,), "max_abs": _NUMBER, "standardize": (bool,)},
     "optimizer": {"name": (str,), "lr": _NUMBER, "lr_schedule": (str,), "lr_gamma": _NUMBER,
-                  "lr_step_epochs": (int,)},
+                  "lr_step_epochs": (int,), "lr_final": _NUMBER, "lr_warmup": (int,)},
     "train": {"batch_size": (int,), "epochs": (int,), "iterations": (int,),
               "grad_clip": _NUMBER, "ema": _NUMBER, "ema_start": (int,), "ema_every": (int,),
               "ema_warmup": (bool,), "precision": (str,), "gradient": (str,),
@@ -82,7 +84,7 @@ _FIXED_SCHEMA: dict[str, dict[str, tuple[type, ...]]] = {
 CHOICES: dict[str, tuple[str, ...]] = {
     "data.resize": ("none", "pad", "bilinear"),
     "optimizer.name": ("adam",),
-    "optimizer.lr_schedule": ("constant", "step"),
+    "optimizer.lr_schedule": ("constant", "step", "linear", "cosine"),
     "train.precision": ("fp32", "bf16", "fp16"),
 }
 #: The defaults of the optional keys that choose parts.
@@ -336,6 +338,12 @@ def validate_recipe(recipe: Mapping[str, Any]) -> None:
         for key in ("lr_gamma", "lr_step_epochs"):
             if key not in optimizer:
                 raise ValueError(f"optimizer.lr_schedule 'step' needs optimizer.{key}")
+        if optimizer.get("lr_warmup", 0):
+            raise ValueError("optimizer.lr_warmup does not combine with lr_schedule 'step'")
+    if not 0 <= optimizer.get("lr_final", 0.1) <= 1:
+        raise ValueError(f"optimizer.lr_final must be in [0, 1], got {optimizer['lr_final']}")
+    if optimizer.get("lr_warmup", 0) < 0:
+        raise ValueError(f"optimizer.lr_warmup must be >= 0, got {optimizer['lr_warmup']}")
 
     for key in ("batch_size", "iterations", "precision", "gradient", "ema"):
         if key not in train:

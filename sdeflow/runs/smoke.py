@@ -2,7 +2,8 @@ r"""``--smoke``: a preset shrunk to seconds on a CPU, its kinds of parts kept.
 
 A smoke run keeps everything that makes a recipe what it is (the model family, the kinds of
 networks, grid and schedule of :math:`N`, the gradient strategy) and shrinks the sizes: tiny
-networks, four training steps of batch four in fp32, a short schedule of :math:`N`. The tiny
+networks, four training steps of batch four in fp32 (an LR warm-up of one step), a short
+schedule of :math:`N`. The tiny
 sizes are declared by each registered network and N schedule (``tiny=`` in its registration,
 :attr:`sdeflow.Registry` extras), so a user's registered part can declare its own; a part that
 declares none keeps the recipe's sizes.
@@ -46,6 +47,8 @@ def smoke_overrides(recipe: Mapping[str, Any]) -> list[str]:
 
     out = [_entry("train.iterations", 4), _entry("train.batch_size", 4),
            _entry("train.precision", "fp32"), _entry("sample.steps", 4)]
+    if recipe.get("optimizer", {}).get("lr_warmup"):  # a warm-up longer than the smoke run
+        out.append(_entry("optimizer.lr_warmup", 1))
     for section, table in recipe.items():  # every table that names a network
         if isinstance(table, Mapping) and "net" in table:
             out += [_entry(f"{section}.{k}", v) for k, v in _tiny(NETS, table["net"]).items()]

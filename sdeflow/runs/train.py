@@ -218,12 +218,15 @@ def trainer_arguments(recipe: dict[str, Any]) -> dict[str, Any]:
         (0.01, 10, 'fp16')
     """
     from sdeflow.recipes import trainer_options
-    from sdeflow.training import EMAConfig, Optimization, step_lr
+    from sdeflow.training import EMAConfig, Optimization, lr_decay, step_lr
 
     o = trainer_options(recipe)
     scheduler = None
     if o["lr_step_size"] is not None and o["lr_gamma"] != 1.0:
         scheduler = step_lr(o["lr_step_size"], o["lr_gamma"])
+    elif o["lr_schedule"] != "step" and (o["lr_schedule"] != "constant" or o["lr_warmup"]):
+        scheduler = lr_decay(o["lr_schedule"], recipe["train"]["iterations"],
+                             warmup=o["lr_warmup"], final=o["lr_final"])
     return {"optimization": Optimization(lr=o["lr"], scheduler=scheduler,
                                          grad_clip=o["grad_clip"]),
             "ema": EMAConfig(o["ema_decay"], warmup=o["ema_warmup"], start=o["ema_start"]),

@@ -21,7 +21,16 @@ from sdeflow.training.ema import EMA
 from sdeflow.training.interrupts import TrainingInterrupted
 from sdeflow.training.memory import retain_freed_memory
 from sdeflow.training.models import DiffFlowModel, FlowModel, GenerativeModel, ScoreModel
-from sdeflow.training.options import Checkpointing, EMAConfig, Logging, Optimization, Plots, step_lr
+from sdeflow.training.options import (
+    LR_DECAYS,
+    Checkpointing,
+    EMAConfig,
+    Logging,
+    Optimization,
+    Plots,
+    lr_decay,
+    step_lr,
+)
 from sdeflow.training.path_model import PathMatchingModel
 from sdeflow.training.progressive import (
     STEPS_SCHEDULES,
@@ -47,6 +56,8 @@ __all__ = [
     "Plots",
     "TrainingInterrupted",
     "step_lr",
+    "lr_decay",
+    "LR_DECAYS",
     "DiffFlowModel",
     "EMA",
     "FixedSteps",

@@ -1,7 +1,8 @@
 r"""The :class:`~sdeflow.training.Trainer`'s grouped options: one small frozen object per concern.
 
 - :class:`Optimization`: the learning rate, the optimizer and LR-schedule factories and the
-  gradient clipping (:func:`step_lr` builds DiffFlow's StepLR schedule);
+  gradient clipping (:func:`step_lr` builds DiffFlow's StepLR schedule, :func:`lr_decay` a
+  warm-up followed by a linear or cosine decay);
 - :class:`EMAConfig`: the exponential moving average of the weights (``ema=None``: none);
 - :class:`Checkpointing`: when the rolling checkpoint is written (every so many steps and every
   so many seconds) and which steps' checkpoints are kept;
@@ -32,7 +33,8 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["Optimization", "EMAConfig", "Checkpointing", "Logging", "Plots", "step_lr"]
+__all__ = ["Optimization", "EMAConfig", "Checkpointing", "Logging", "Plots", "step_lr",
+           "lr_decay", "LR_DECAYS"]
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
@@ -103,6 +105,55 @@ def step_lr(step_size: int, gamma: float) -> SchedulerFactory:
                              gamma=float(gamma))
 
 
+#: The shapes :func:`lr_decay` draws after its warm-up.
+LR_DECAYS: tuple[str, ...] = ("constant", "linear", "cosine")
+
+
+def _lr_factor(step: int, *, kind: str, total: int, warmup: int, final: float) -> float:
+    """The learning rate's factor after ``step`` scheduler steps (see :func:`lr_decay`)."""
+    if step < warmup:
+        return step / warmup
+    if kind == "constant":
+        return 1.0
+    p = min(1.0, (step - warmup) / max(1, total - warmup))
+    if kind == "linear":
+        return 1.0 - (1.0 - final) * p
+    return final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * p))
+
+
+def lr_decay(kind: str, total: int, *, warmup: int = 0, final: float = 0.1) -> SchedulerFactory:
+    r"""A picklable scheduler factory: a linear warm-up over ``warmup`` steps, then a ``kind``
+    decay to ``final`` times the learning rate at step ``total``. The factor at step :math:`k`:
+
+    .. math:: \rho_k = \begin{cases} k / w & k < w \\
+        1 - (1 - \rho_\infty)\,p & \text{linear} \\
+        \rho_\infty + (1 - \rho_\infty)\,\tfrac12 (1 + \cos \pi p) & \text{cosine} \\
+        1 & \text{constant} \end{cases}, \qquad p = \min\!\Big(1, \frac{k - w}{T - w}\Big).
+
+    The warm-up starts at 0, as TorchCFM's ``warmup_lr`` (``min(step, warmup) / warmup``).
+
+    Example:
+        >>> net = torch.nn.Linear(2, 1)
+        >>> opt = torch.optim.SGD(net.parameters(), lr=1.0)
+        >>> schedule = lr_decay("linear", 4, warmup=2, final=0.5)(opt)
+        >>> lrs = []
+        >>> for _ in range(5):
+        ...     lrs.append(opt.param_groups[0]["lr"]); opt.step(); schedule.step()
+        >>> lrs
+        [0.0, 0.5, 1.0, 0.75, 0.5]
+    """
+    if kind not in LR_DECAYS:
+        raise ValueError(f"lr_decay: kind must be one of {LR_DECAYS}, got {kind!r}")
+    _check_int("lr_decay: total", total, 1)
+    _check_int("lr_decay: warmup", warmup, 0)
+    if not (isinstance(final, int | float) and not isinstance(final, bool)
+            and 0 <= final <= 1):
+        raise ValueError(f"lr_decay: final must be a number in [0, 1], got {final!r}")
+    factor = functools.partial(_lr_factor, kind=kind, total=total, warmup=warmup,
+                               final=float(final))
+    return functools.partial(torch.optim.lr_scheduler.LambdaLR, lr_lambda=factor)
+
+
 @dataclass(frozen=True)
 class Optimization:
     r"""How the weights are updated.
@@ -111,7 +162,7 @@ class Optimization:
         lr: Learning rate of the default Adam optimizer (unused when ``optimizer`` is given).
         optimizer: Factory ``params -> Optimizer`` (default ``Adam(params, lr)``).
         scheduler: Factory ``optimizer -> LR scheduler``, stepped once per optimizer step
-            (default: a constant learning rate); e.g. :func:`step_lr`.
+            (default: a constant learning rate); e.g. :func:`step_lr`, :func:`lr_decay`.
         grad_clip: Max gradient norm (``None``: no clipping; the norm is still checked).
 
     Example:
