@@ -28,6 +28,12 @@ Both are :class:`pyro.distributions.TorchDistribution`\ s: ``event_shape`` is th
 ``rsample`` (gradients reach the networks' parameters and the prior's draw), and they work as
 ``pyro.sample`` sites, latent or observed.
 
+**Conditional models.** With ``condition=y`` (one entry per batch element: ``(B,)`` labels or
+``(B, k)`` vectors, :mod:`sdeflow.conditioning`) a distribution is the law of :math:`x_0 \mid y`
+for each :math:`y`: its ``batch_shape`` is ``(B,)`` (a prior without batch shape is expanded
+to it), ``sample((n,))`` is ``(n, B, *state)`` and ``log_prob`` of a value ``(*S, B, *state)``
+is :math:`\log p(x_0 \mid y)`, ``(*S, B)``; ``guidance`` is the classifier-free guidance scale.
+
 References:
     | Diffusion Normalizing Flow (Zhang & Chen, 2021), https://arxiv.org/abs/2110.07579
     | Score-Based Generative Modeling through SDEs (Song et al., 2021),
@@ -41,13 +47,18 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from pyro.distributions import TorchDistribution
-from pyro.distributions.torch_distribution import TorchDistributionMixin
-from torch import Tensor, nn
-from torch.distributions import Distribution, constraints
+from torch import Tensor
+from torch.distributions import Distribution
 from torchdiffeq import odeint
 
-from sdeflow._checks import check_modules, check_same_device_dtype
+from sdeflow._checks import check_same_device_dtype
+from sdeflow._model_distribution import (
+    SampleShape,
+    _Drift,
+    _ModelDistribution,
+    _OnFlatStates,
+)
+from sdeflow.conditioning import bind
 from sdeflow.discretizers import Discretizer, EulerMaruyama
 from sdeflow.grids import TimeGrid
 from sdeflow.likelihood import (
@@ -61,7 +72,6 @@ from sdeflow.likelihood import (
     ode_log_likelihood,
 )
 from sdeflow.objectives.diffflow import DiffFlowObjective
-from sdeflow.priors import as_sample_shape, resolve_prior
 from sdeflow.processes.base import SDE
 from sdeflow.sampling import sample as sample_reverse
 
@@ -88,132 +98,6 @@ def check_law(law: str) -> str:
                          f"samples and density agree, or the SDE sampler's), got {law!r}")
     return law
 
-SampleShape = int | torch.Size | tuple[int, ...]
-
-
-class _PyroView(TorchDistribution):
-    """A torch distribution as a pyro one (``pyro.sample`` needs pyro's mixin)."""
-
-    arg_constraints: dict = {}
-
-    def __init__(self, base: Distribution) -> None:
-        self.base = base
-        self.has_rsample = base.has_rsample
-        super().__init__(base.batch_shape, base.event_shape, validate_args=False)
-
-    @property
-    def support(self) -> constraints.Constraint:
-        return self.base.support
-
-    def rsample(self, sample_shape: SampleShape = torch.Size()) -> Tensor:
-        return self.base.rsample(as_sample_shape(sample_shape))
-
-    def sample(self, sample_shape: SampleShape = torch.Size()) -> Tensor:
-        return self.base.sample(as_sample_shape(sample_shape))
-
-    def log_prob(self, value: Tensor) -> Tensor:
-        return self.base.log_prob(value)
-
-    def expand(self, batch_shape, _instance=None) -> _PyroView:
-        return _PyroView(self.base.expand(torch.Size(batch_shape)))
-
-
-def as_pyro(dist: Distribution) -> TorchDistribution:
-    """``dist`` itself if it is a pyro distribution, else a pyro view of it (private helper)."""
-    return dist if isinstance(dist, TorchDistributionMixin) else _PyroView(dist)
-
-
-class _OnFlatStates(Distribution):
-    """``base`` read on states flattened to ``(M, *state)`` from ``(*lead, *state)``."""
-
-    arg_constraints: dict = {}
-
-    def __init__(self, base: Distribution, lead: torch.Size) -> None:
-        self.base, self.lead = base, lead
-        super().__init__(torch.Size([lead.numel()]), base.event_shape, validate_args=False)
-
-    def log_prob(self, value: Tensor) -> Tensor:
-        return self.base.log_prob(value.reshape(self.lead + self.event_shape)).reshape(-1)
-
-
-class _Drift(nn.Module):
-    """The ODE's vector field in torchdiffeq's ``f(t, x)`` order."""
-
-    def __init__(self, ode: SDE) -> None:
-        super().__init__()
-        self.ode = ode
-
-    def forward(self, t: Tensor, x: Tensor) -> Tensor:
-        return self.ode.drift(x, t)
-
-
-class _ModelDistribution(TorchDistribution):
-    """What both laws share: the prior, the grid, the shapes, the checks of a value."""
-
-    arg_constraints: dict = {}
-    has_rsample = True
-
-    def __init__(self, process: SDE, prior: Distribution | Callable[[], Distribution],
-                 grid: TimeGrid, validate_args: bool | None) -> None:
-        if not isinstance(process, SDE):
-            raise TypeError(f"process must be an sdeflow SDE, got {type(process).__name__}")
-        if not isinstance(grid, TimeGrid):
-            raise TypeError(f"grid must be a TimeGrid (x0 at grid.t0, the prior at grid.t1), "
-                            f"got {type(grid).__name__}")
-        prior = resolve_prior(prior)
-        if len(prior.event_shape) == 0:
-            raise ValueError("prior must have event_shape equal to the state shape (non-empty); "
-                             "wrap it with .to_event(...) or Independent")
-        try:  # the prior's mean (no random draw) tells its device and dtype, where it has one
-            mean = prior.mean
-        except NotImplementedError:
-            mean = None
-        if isinstance(mean, Tensor):
-            check_same_device_dtype("prior", mean, "grid.ts", grid.ts)
-            check_modules(grid.ts, [process], x_name="grid.ts")
-        self.prior, self.grid = prior, grid
-        super().__init__(prior.batch_shape, prior.event_shape, validate_args)
-
-    @property
-    def support(self) -> constraints.Constraint:
-        return constraints.independent(constraints.real, len(self.event_shape))
-
-    def _draw_prior(self, sample_shape: SampleShape, generator: torch.Generator | None,
-                    reparameterized: bool) -> Tensor:
-        """``x_{t_1}``, ``(*sample_shape, *batch, *state)``; with ``generator`` the draw is seeded
-        from it (torch distributions take no generator) and the global RNG is left untouched."""
-        shape = as_sample_shape(sample_shape)
-        draw = self.prior.rsample if reparameterized and self.prior.has_rsample else \
-            self.prior.sample
-        if generator is None:
-            return draw(shape)
-        seed = int(torch.randint(0, 2**62, (), generator=generator, device=generator.device))
-        device = self.grid.ts.device
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(seed)
-            return draw(shape)
-
-    def _flatten_value(self, value: Tensor) -> tuple[Tensor, torch.Size]:
-        """``value`` ``(*S, *batch, *state)`` -> ``((M, *state), lead)``, checked."""
-        state = tuple(self.event_shape)
-        if not isinstance(value, Tensor) or not value.is_floating_point():
-            got = f"dtype {value.dtype}" if isinstance(value, Tensor) else type(value).__name__
-            raise TypeError(f"value must be a floating-point tensor, got {got}")
-        k = len(state)
-        if value.dim() < k or tuple(value.shape[value.dim() - k:]) != state:
-            raise ValueError(f"value must have shape (*sample_shape, *batch_shape="
-                             f"{tuple(self.batch_shape)}, *event_shape={state}), "
-                             f"got {tuple(value.shape)}")
-        check_same_device_dtype("value", value, "grid.ts", self.grid.ts)
-        if not bool(torch.isfinite(value).all()):
-            raise ValueError("value must be finite, got NaN or inf")
-        lead = torch.broadcast_shapes(value.shape[: value.dim() - k], self.batch_shape)
-        if lead.numel() == 0:
-            raise ValueError(f"value must hold at least one state, got shape "
-                             f"{tuple(value.shape)}")
-        return value.expand(lead + self.event_shape).reshape((-1,) + state), lead
-
-
 class ProbabilityFlowDistribution(_ModelDistribution):
     r"""The law of the probability-flow ODE: :math:`x_{t_0} = \Phi(x_{t_1})`,
     :math:`x_{t_1} \sim p_{prior}`; its samples and its exact density agree (module docstring).
@@ -230,6 +114,9 @@ class ProbabilityFlowDistribution(_ModelDistribution):
         trace, n_probes, probe, rtol, atol, method, options: The solver options of
             :func:`~sdeflow.likelihood.ode_log_likelihood`, used by :meth:`log_prob` and (``rtol``,
             ``atol``, ``method``, ``options``) by the samplers, so both solve the same ODE.
+        condition: For an ODE with conditional networks: the condition of each batch element,
+            ``(B,)`` labels or ``(B, k)`` vectors (the batch shape; see the module docstring).
+        guidance: The classifier-free guidance scale (needs ``condition``).
 
     :meth:`log_prob` is differentiable in ``value`` and in the parameters while grad mode is on
     (the solve keeps its graph, ``create_graph=True``); under :func:`torch.no_grad` it keeps
@@ -264,9 +151,11 @@ class ProbabilityFlowDistribution(_ModelDistribution):
         method: str = "dopri5",
         options: dict | None = None,
         validate_args: bool | None = None,
+        condition: Tensor | None = None,
+        guidance: float = 1.0,
     ) -> None:
         ode = process.with_lam(0.0) if callable(getattr(process, "with_lam", None)) else process
-        super().__init__(ode, prior, grid, validate_args)
+        super().__init__(ode, prior, grid, validate_args, condition, guidance)
         if trace not in TRACE_METHODS:
             raise ValueError(f"trace must be one of {TRACE_METHODS}, got {trace!r}")
         if probe not in PROBES:
@@ -276,9 +165,16 @@ class ProbabilityFlowDistribution(_ModelDistribution):
                                            atol=atol, method=method, options=options)
 
     def expand(self, batch_shape, _instance=None) -> ProbabilityFlowDistribution:
-        return ProbabilityFlowDistribution(self.ode, self.prior.expand(torch.Size(batch_shape)),
+        batch_shape = torch.Size(batch_shape)
+        return ProbabilityFlowDistribution(self.ode, self.prior.expand(batch_shape),
                                            self.grid, validate_args=self._validate_args,
-                                           **self.solver)
+                                           **self.solver,
+                                           **self._expanded_condition(batch_shape))
+
+    def _bound_ode(self, lead: torch.Size) -> SDE:
+        """The ODE bound to the condition of states flattened from ``(*lead, *state)``."""
+        call = self._conditions(lead)
+        return self.ode if not call else bind(self.ode, call["condition"], call["guidance"])
 
     def _solve_down(self, x_final: Tensor) -> Tensor:
         """:math:`\\Phi(x_{t_1})`: the ODE from ``grid.t1`` down to ``grid.t0``."""
@@ -289,6 +185,7 @@ class ProbabilityFlowDistribution(_ModelDistribution):
             return x_final
         check_same_device_dtype("prior samples", flat, "grid.ts", self.grid.ts)
         _check_zero_diffusion(self.ode, flat, self.grid)
+        ode = self._bound_ode(lead)
         s = self.solver
         options = dict(s["options"] or {})
         fixed = s["method"] in _FIXED_GRID_METHODS and "step_size" not in options
@@ -297,7 +194,7 @@ class ProbabilityFlowDistribution(_ModelDistribution):
             # land the last step on t0: no stage evaluates the fields below t0, where a process
             # may be undefined (a VP marginal's sigma(t)^2 < 0 for t < 0)
             options.setdefault("step_t", self.grid.ts[:1])
-        xs = odeint(_Drift(self.ode), flat, ts, rtol=s["rtol"], atol=s["atol"],
+        xs = odeint(_Drift(ode), flat, ts, rtol=s["rtol"], atol=s["atol"],
                     method=s["method"], options=options or None)
         return xs[-1].reshape(lead + self.event_shape)
 
@@ -317,7 +214,8 @@ class ProbabilityFlowDistribution(_ModelDistribution):
         ``(*sample_shape, *batch_shape)``."""
         flat, lead = self._flatten_value(value)
         result = ode_log_likelihood(self.ode, _OnFlatStates(self.prior, lead), self.grid, flat,
-                                    create_graph=torch.is_grad_enabled(), **self.solver)
+                                    create_graph=torch.is_grad_enabled(), **self.solver,
+                                    **self._conditions(lead))
         return result.log_prob.reshape(lead)
 
     def _with_log_prob(self, x_final: Tensor, generator: torch.Generator | None,
@@ -335,8 +233,8 @@ class ProbabilityFlowDistribution(_ModelDistribution):
         s = self.solver
         probes = _probes_for(s["trace"], s["n_probes"], s["probe"], flat, generator)
         x0, delta, _ = _solve_with_divergence(
-            self.ode, flat, self.grid, probes=probes, create_graph=create_graph, downward=True,
-            rtol=s["rtol"], atol=s["atol"], method=s["method"], options=s["options"])
+            self._bound_ode(lead), flat, self.grid, probes=probes, create_graph=create_graph,
+            downward=True, rtol=s["rtol"], atol=s["atol"], method=s["method"], options=s["options"])
         return x0.reshape(lead + self.event_shape), prior_log_prob - delta.reshape(lead)
 
     def sample_and_log_prob(self, sample_shape: SampleShape = torch.Size(),
@@ -410,6 +308,7 @@ class SDESamplerDistribution(_ModelDistribution):
             :class:`~sdeflow.objectives.DiffFlowObjective`).
         ode_options: Solver options of :class:`ProbabilityFlowDistribution` for
             :meth:`probability_flow` and the ``"probability_flow"`` surrogate.
+        condition, guidance: As :class:`ProbabilityFlowDistribution`'s (the module docstring).
 
     Example:
         >>> import torch
@@ -433,8 +332,10 @@ class SDESamplerDistribution(_ModelDistribution):
         log_prob_surrogate: str | None = None,
         ode_options: dict | None = None,
         validate_args: bool | None = None,
+        condition: Tensor | None = None,
+        guidance: float = 1.0,
     ) -> None:
-        super().__init__(reverse, prior, grid, validate_args)
+        super().__init__(reverse, prior, grid, validate_args, condition, guidance)
         discretizer = discretizer or EulerMaruyama()
         if not isinstance(discretizer, Discretizer):
             raise TypeError(f"discretizer must be an sdeflow Discretizer, got "
@@ -454,18 +355,23 @@ class SDESamplerDistribution(_ModelDistribution):
         self.ode_options = dict(ode_options or {})
 
     def expand(self, batch_shape, _instance=None) -> SDESamplerDistribution:
+        batch_shape = torch.Size(batch_shape)
         return SDESamplerDistribution(
-            self.reverse, self.prior.expand(torch.Size(batch_shape)), self.grid,
+            self.reverse, self.prior.expand(batch_shape), self.grid,
             discretizer=self.discretizer, denoise=self.denoise,
             log_prob_surrogate=self.log_prob_surrogate, ode_options=self.ode_options,
-            validate_args=self._validate_args)
+            validate_args=self._validate_args, **self._expanded_condition(batch_shape))
+
+    def _lead(self, x_final: Tensor) -> torch.Size:
+        return x_final.shape[: x_final.dim() - len(self.event_shape)]
 
     def rsample(self, sample_shape: SampleShape = torch.Size()) -> Tensor:
         """Pathwise draws (fresh step noises from the global RNG): gradients reach the
         networks' parameters and the prior's draw."""
         x_final = self._draw_prior(sample_shape, None, reparameterized=True)
         return sample_reverse(self.reverse, self.prior, self.grid, discretizer=self.discretizer,
-                              denoise=self.denoise, x_final=x_final, keep_graph=True)
+                              denoise=self.denoise, x_final=x_final, keep_graph=True,
+                              **self._conditions(self._lead(x_final)))
 
     def sample(self, sample_shape: SampleShape = torch.Size(),
                generator: torch.Generator | None = None) -> Tensor:
@@ -474,12 +380,14 @@ class SDESamplerDistribution(_ModelDistribution):
             x_final = self._draw_prior(sample_shape, generator, reparameterized=False)
             return sample_reverse(self.reverse, self.prior, self.grid,
                                   discretizer=self.discretizer, denoise=self.denoise,
-                                  generator=generator, x_final=x_final)
+                                  generator=generator, x_final=x_final,
+                                  **self._conditions(self._lead(x_final)))
 
     def probability_flow(self) -> ProbabilityFlowDistribution:
         """The probability-flow ODE's law of the same model (``ode_options`` for its solver)."""
         return ProbabilityFlowDistribution(self.reverse, self.prior, self.grid,
-                                           validate_args=self._validate_args, **self.ode_options)
+                                           validate_args=self._validate_args, **self.ode_options,
+                                           **self._expanded_condition(self.batch_shape))
 
     def log_prob(self, value: Tensor) -> Tensor:
         """The ``log_prob_surrogate`` chosen at construction, ``(*sample_shape, *batch_shape)``."""
@@ -494,4 +402,4 @@ class SDESamplerDistribution(_ModelDistribution):
         flat, lead = self._flatten_value(value)
         objective = DiffFlowObjective(self.reverse, _OnFlatStates(self.prior, lead),
                                       discretizer=self.discretizer)
-        return -objective(flat, self.grid).nelbo.reshape(lead)
+        return -objective(flat, self.grid, **self._conditions(lead)).nelbo.reshape(lead)

@@ -42,8 +42,8 @@ from torch import Tensor, nn
 from torch.distributions import Distribution
 
 from sdeflow._checks import check_modules, check_same_device_dtype, sum_state
+from sdeflow._model_distribution import as_pyro
 from sdeflow.discretizers import Discretizer, EulerMaruyama
-from sdeflow.distributions import as_pyro
 from sdeflow.grids import TimeGrid
 from sdeflow.priors import check_data, resolve_prior
 from sdeflow.processes.base import SDE

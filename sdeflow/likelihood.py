@@ -36,6 +36,7 @@ from torch.distributions import Distribution
 from torchdiffeq import odeint
 
 from sdeflow._checks import check_modules, check_same_device_dtype
+from sdeflow.conditioning import bind_condition
 from sdeflow.grids import TimeGrid
 from sdeflow.objectives.diffflow import DiffFlowTerms
 from sdeflow.priors import check_data
@@ -240,6 +241,8 @@ def ode_log_likelihood(
     options: dict | None = None,
     generator: torch.Generator | None = None,
     create_graph: bool = False,
+    condition: Tensor | None = None,
+    guidance: float = 1.0,
 ) -> LikelihoodResult:
     r"""Exact log-likelihood :math:`\log p_{t_0}(x_0)` of data under an ODE and a prior at
     :math:`t_1`, by the instantaneous change of variables (see the module docstring).
@@ -267,6 +270,11 @@ def ode_log_likelihood(
         generator: Random generator of the probes.
         create_graph: Keep the autograd graph through the solve (to train on the exact
             likelihood); otherwise the results are detached.
+        condition: One condition per sample of ``x0`` for an ODE with conditional networks
+            (:mod:`sdeflow.conditioning`): the likelihood of ``ode.conditioned(condition,
+            guidance)``, :math:`\log p(x_0 \mid y)`.
+        guidance: The classifier-free guidance scale of the networks (needs ``condition``):
+            the exact likelihood of the guided ODE's law.
 
     Returns:
         A :class:`LikelihoodResult`.
@@ -306,6 +314,8 @@ def ode_log_likelihood(
         raise RuntimeError("ode_log_likelihood needs autograd for the trace of dv/dx: call it "
                            "outside torch.inference_mode() (torch.no_grad() is fine)")
     check_modules(x0, [ode, prior])
+    ode = bind_condition(ode, condition, guidance, batch=x0.shape[0], like=x0,
+                         where="ode_log_likelihood")
 
     probes = _probes_for(trace, n_probes, probe, x0, generator)
     x_final, delta, nfe = _solve_with_divergence(

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from torch.distributions import Distribution
 
 from sdeflow._checks import check_modules, check_same_device_dtype
+from sdeflow.conditioning import bind_condition
 from sdeflow.discretizers import Discretizer, EulerMaruyama
 from sdeflow.grids import TimeGrid
 from sdeflow.priors import prior_draws
@@ -36,6 +37,8 @@ def sample(
     generator: torch.Generator | None = None,
     x_final: Tensor | None = None,
     keep_graph: bool = False,
+    condition: Tensor | None = None,
+    guidance: float = 1.0,
 ) -> Tensor:
     r"""Draw samples :math:`x_0` by running ``reverse`` from the prior down ``grid``.
 
@@ -52,6 +55,11 @@ def sample(
         x_final: Start from these :math:`x_N` instead of prior draws.
         keep_graph: Keep the autograd graph through the steps (pathwise gradients reach the
             networks' parameters, and ``x_final`` where it requires grad) while grad mode is on.
+        condition: One condition per sample (``(M,)`` labels or ``(M, k)`` vectors, ``M`` the
+            number of samples, in the order of the flattened ``(*sample_shape, *batch)``) for a
+            process with conditional networks (:mod:`sdeflow.conditioning`).
+        guidance: The classifier-free guidance scale :math:`w` of the networks (0: the
+            unconditional model, 1: the conditional one); needs ``condition``.
 
     Runs without autograd unless grad mode is on and ``x_final`` requires grad or
     ``keep_graph`` is set.
@@ -74,6 +82,8 @@ def sample(
     x, lead, state = prior_draws(prior, sample_shape, x_final)
     check_same_device_dtype("grid.ts", grid.ts, "prior samples", x)
     check_modules(x, [reverse], x_name="prior samples")
+    reverse = bind_condition(reverse, condition, guidance, batch=x.shape[0], like=x,
+                             where="sample")
     grad = torch.is_grad_enabled() and (x.requires_grad or keep_graph)
     xs = [x] if return_trajectory else None
     with torch.set_grad_enabled(grad):

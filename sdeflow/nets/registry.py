@@ -14,6 +14,12 @@ keys for a network of a few thousand parameters (``--smoke`` runs, :mod:`sdeflow
 - ``lucid_unet``: :class:`~sdeflow.nets.LucidUNet` (``dim``, ``dim_mults``; ``attn_heads``,
   ``attn_dim_head``).
 
+An entry declaring ``extras["conditional"]`` builds a conditional network
+(:mod:`sdeflow.conditioning`) when ``spec`` holds ``num_classes`` (a recipe's
+``model.num_classes``, put there by :func:`sdeflow.recipes.build_network`): ``fourier_mlp`` and
+``mlp`` do (:class:`~sdeflow.nets.ConditionalFourierMLP`,
+:class:`~sdeflow.nets.ConditionalTimeMLP`).
+
 A ``time_input`` of ``"<c>t"`` feeds :math:`c\,t` to a U-Net's time embedding (``"t"``:
 :math:`t` itself, as the official code).
 
@@ -79,9 +85,12 @@ def _image(name: str, shape: tuple[int, ...]) -> None:
 
 
 @NETS.register("fourier_mlp", required={"width": int, "depth": int},
-               optional={"time_input": str}, check=_check, tiny={"width": 16, "depth": 1})
+               optional={"time_input": str}, check=_check, tiny={"width": 16, "depth": 1},
+               conditional=True)
 def fourier_mlp(spec: Mapping[str, Any], shape: tuple[int, ...]) -> nn.Module:
-    """:class:`~sdeflow.nets.FourierMLP` ``(d, width, depth)`` for states ``(d,)``."""
+    """:class:`~sdeflow.nets.FourierMLP` ``(d, width, depth)`` for states ``(d,)``
+    (:class:`~sdeflow.nets.ConditionalFourierMLP` with ``num_classes``)."""
+    from sdeflow.nets.conditional import ConditionalFourierMLP
     from sdeflow.nets.mlp import FourierMLP
 
     if len(shape) != 1:
@@ -89,17 +98,26 @@ def fourier_mlp(spec: Mapping[str, Any], shape: tuple[int, ...]) -> nn.Module:
     if time_scale(spec.get("time_input", "t")) != 1.0:
         raise ValueError(f"net 'fourier_mlp' takes time_input 't' only, got "
                          f"{spec.get('time_input')!r}")
+    if spec.get("num_classes") is not None:
+        return ConditionalFourierMLP(shape[0], spec["width"], spec["depth"],
+                                     num_classes=spec["num_classes"])
     return FourierMLP(shape[0], spec["width"], spec["depth"])
 
 
 @NETS.register("mlp", required={"width": int, "depth": int}, optional={"activation": str},
-               check=_check, tiny={"width": 16, "depth": 1})
+               check=_check, tiny={"width": 16, "depth": 1}, conditional=True)
 def mlp(spec: Mapping[str, Any], shape: tuple[int, ...]) -> nn.Module:
-    """:class:`~sdeflow.nets.TimeMLP` ``(d, width, depth, activation)`` for states ``(d,)``."""
+    """:class:`~sdeflow.nets.TimeMLP` ``(d, width, depth, activation)`` for states ``(d,)``
+    (:class:`~sdeflow.nets.ConditionalTimeMLP` with ``num_classes``)."""
+    from sdeflow.nets.conditional import ConditionalTimeMLP
     from sdeflow.nets.mlp import TimeMLP
 
     if len(shape) != 1:
         raise ValueError(f"net 'mlp' needs flat states (d,), got shape {shape}")
+    if spec.get("num_classes") is not None:
+        return ConditionalTimeMLP(shape[0], spec["width"], spec["depth"],
+                                  spec.get("activation", "silu"),
+                                  num_classes=spec["num_classes"])
     return TimeMLP(shape[0], spec["width"], spec["depth"], spec.get("activation", "silu"))
 
 

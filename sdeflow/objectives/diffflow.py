@@ -18,7 +18,9 @@ One sweep computes it with :math:`N + 1` drift and :math:`N` score evaluations: 
 from __future__ import annotations
 
 import copy
+import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -26,6 +28,7 @@ from torch import Tensor, nn
 from torch.distributions import Distribution
 
 from sdeflow._checks import check_modules, check_same_device_dtype, sum_state
+from sdeflow.conditioning import bind_condition, check_p_uncond, drop_condition, null_condition
 from sdeflow.discretizers import Discretizer, EulerMaruyama
 from sdeflow.discretizers.stepper import Stepper
 from sdeflow.gradients import Backprop, GradientStrategy
@@ -100,8 +103,14 @@ class _TransitionSweep:
         term = sum_state(std_b.log() - std_f.log(), x) + 0.5 * sq
         return (x_next, f_next), term
 
+    #: ``index -> sweep`` built afresh for a shard (set when the sweep's process is bound to a
+    #: condition: each shard's process is bound to its slice of it).
+    reshard: Callable[[slice], _TransitionSweep] | None = None
+
     def shard(self, index: slice) -> _TransitionSweep:
         """The same recurrence for samples ``index`` of the batch."""
+        if self.reshard is not None:
+            return self.reshard(index)
         part = copy.copy(self)
         part.noise = self.noise[:, index]
         return part
@@ -168,8 +177,12 @@ class _AffineSweep:
         delta_b = delta_b.add_(delta_f, alpha=self.k_noise[i]).add_(s, alpha=self.k_s[i])
         return (x_next, f_next), 0.5 * delta_b.square().reshape(x.shape[0], -1).sum(-1)
 
+    reshard: Callable[[slice], _AffineSweep] | None = None  # as _TransitionSweep.reshard
+
     def shard(self, index: slice) -> _AffineSweep:
         """The same recurrence for samples ``index`` of the batch."""
+        if self.reshard is not None:
+            return self.reshard(index)
         part = copy.copy(self)
         part.noise = self.noise[:, index]
         return part
@@ -192,6 +205,9 @@ class DiffFlowObjective(nn.Module):
             about one extra forward pass) or :class:`~sdeflow.gradients.Checkpointed`;
             :class:`~sdeflow.gradients.Sharded` runs one of them on batch slices in parallel CPU
             threads (the fastest on a multi-core CPU at large batches).
+        p_uncond: Classifier-free guidance's condition dropout: with a ``condition``, each
+            sample's trajectory is trained on the null condition with this probability (both
+            networks see the same, dropped or not).
 
     References:
         Diffusion Normalizing Flow (Zhang & Chen, 2021), https://arxiv.org/abs/2110.07579
@@ -217,6 +233,7 @@ class DiffFlowObjective(nn.Module):
         *,
         discretizer: Discretizer | None = None,
         gradient: GradientStrategy | None = None,
+        p_uncond: float = 0.0,
     ) -> None:
         super().__init__()
         missing = [name for name in _REVERSE_INTERFACE if not hasattr(reverse, name)]
@@ -236,21 +253,41 @@ class DiffFlowObjective(nn.Module):
         self.grid = grid
         self.discretizer = discretizer
         self.gradient = gradient or Backprop()
+        self.p_uncond = check_p_uncond(p_uncond)
 
-    def _sweep(self, grid: TimeGrid, noise: Tensor) -> _TransitionSweep | _AffineSweep:
-        forward = self.discretizer.stepper(self.reverse.forward_sde, grid)
-        backward = self.discretizer.stepper(self.reverse, grid, reverse=True)
+    def _sweep(self, grid: TimeGrid, noise: Tensor, reverse: ReverseSDE | None = None
+               ) -> _TransitionSweep | _AffineSweep:
+        reverse = self.reverse if reverse is None else reverse
+        forward = self.discretizer.stepper(reverse.forward_sde, grid)
+        backward = self.discretizer.stepper(reverse, grid, reverse=True)
         if forward.affine is not None and backward.affine is not None:
-            return _AffineSweep(self.reverse, forward, backward, noise, grid)
-        return _TransitionSweep(self.reverse, forward, backward, noise)
+            return _AffineSweep(reverse, forward, backward, noise, grid)
+        return _TransitionSweep(reverse, forward, backward, noise)
+
+    def _conditioned_sweep(self, grid: TimeGrid, noise: Tensor, condition: Tensor,
+                           guidance: float, index: slice | None = None
+                           ) -> _TransitionSweep | _AffineSweep:
+        """The sweep of the process bound to ``condition`` (to ``condition[index]`` on
+        ``noise[:, index]`` for a shard), whose own shards bind their slices."""
+        if index is not None:
+            condition, noise = condition[index], noise[:, index]
+        sweep = self._sweep(grid, noise, self.reverse.conditioned(condition, guidance))
+        sweep.reshard = functools.partial(self._conditioned_sweep, grid, noise, condition,
+                                          guidance)
+        return sweep
 
     def forward(
         self, x0: Tensor, grid: TimeGrid | None = None, *, noise: Tensor | None = None,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | None = None, condition: Tensor | None = None,
+        guidance: float = 1.0,
     ) -> DiffFlowTerms:
         r"""Negative ELBO terms for data ``x0`` of shape ``(B, *state)``.
 
         ``noise``: optional :math:`\delta^F` of shape ``(N, B, *state)`` (drawn when omitted).
+        ``condition``: one entry per sample for conditional networks
+        (:mod:`sdeflow.conditioning`; with ``p_uncond > 0`` its dropout is drawn from
+        ``generator`` after the noise); ``guidance``: the guidance scale of the networks
+        (the negative ELBO of the guided process, :func:`~sdeflow.conditioning.guided`).
         """
         grid = self.grid if grid is None else grid
         if grid is None:
@@ -260,6 +297,8 @@ class DiffFlowObjective(nn.Module):
         prior, _ = check_data(x0, self.prior)
         check_same_device_dtype("grid.ts", grid.ts, "x0", x0)
         check_modules(x0, [self.reverse, self.prior])
+        bind_condition(self.reverse, condition, guidance, batch=x0.shape[0], like=x0,
+                       where="DiffFlowObjective")  # the checks
         check_positive_diffusion(self.reverse.forward_sde, grid.ts[:-1], "forward process")
         check_positive_diffusion(self.reverse, grid.ts[1:], "reverse process")
         shape = (grid.n_steps,) + tuple(x0.shape)
@@ -268,7 +307,13 @@ class DiffFlowObjective(nn.Module):
         elif noise.shape != shape:
             raise ValueError(f"noise must have shape (N, batch, *state) = {shape}, "
                              f"got {tuple(noise.shape)}")
-        sweep = self._sweep(grid, noise)
+        if condition is None:
+            sweep = self._sweep(grid, noise)
+        else:
+            if self.p_uncond > 0:
+                condition = drop_condition(condition, null_condition(self.reverse, condition),
+                                           self.p_uncond, generator)
+            sweep = self._conditioned_sweep(grid, noise, condition, guidance)
         params = tuple(p for p in self.reverse.parameters() if p.requires_grad)
         (x_final, _), step_terms = self.gradient(sweep, x0, params)
         step_terms = sweep.finish(step_terms)

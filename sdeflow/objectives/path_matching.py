@@ -50,6 +50,13 @@ import torch
 from torch import Tensor, nn
 
 from sdeflow._checks import check_finite, check_modules, expand_to
+from sdeflow.conditioning import (
+    bind,
+    bind_condition,
+    check_p_uncond,
+    drop_condition,
+    null_condition,
+)
 from sdeflow.couplings import Coupling, IndependentCoupling
 from sdeflow.objectives.terms import RegressionTerms
 from sdeflow.objectives.times import TimeSampler, UniformTime
@@ -89,7 +96,11 @@ class PathMatching(nn.Module):
             ``UniformTime(1e-5, T)``, as :class:`~sdeflow.objectives.DenoisingScoreMatching`.
         coupling: Pairs each batch of data with its noise
             (:class:`~sdeflow.couplings.IndependentCoupling` by default, or
-            :class:`~sdeflow.couplings.MinibatchOTCoupling`).
+            :class:`~sdeflow.couplings.MinibatchOTCoupling`). A coupling reorders the noise,
+            never the data, so a condition stays with its sample.
+        p_uncond: Classifier-free guidance's condition dropout: with a ``condition``, each
+            sample is trained on the null condition with this probability
+            (:func:`~sdeflow.conditioning.drop_condition`).
 
     Example:
         >>> import torch
@@ -109,6 +120,7 @@ class PathMatching(nn.Module):
         weighting: str | Callable[[Tensor], Tensor] = "target",
         time: TimeSampler | None = None,
         coupling: Coupling | None = None,
+        p_uncond: float = 0.0,
     ) -> None:
         super().__init__()
         require_affine_path(path, "PathMatching")
@@ -130,6 +142,7 @@ class PathMatching(nn.Module):
                             f"MinibatchOTCoupling), got {type(coupling).__name__}")
         self.path, self.model, self.target, self.weighting = path, model, target, weighting
         self.time, self.coupling = time, coupling
+        self.p_uncond = check_p_uncond(p_uncond)
 
     def weight(self, coefs: PathCoefficients, t: Tensor) -> Tensor:
         r""":math:`w(t)`, shaped like ``t``, for the path's coefficients at ``t``."""
@@ -147,12 +160,14 @@ class PathMatching(nn.Module):
             return c_y.square() * self.path.diffusion_scale(t).square()
         return conversion(coefs, self.target, self.weighting)[1].square()
 
-    def forward(self, x0: Tensor, generator: torch.Generator | None = None
-                ) -> PathMatchingTerms:
+    def forward(self, x0: Tensor, generator: torch.Generator | None = None, *,
+                condition: Tensor | None = None) -> PathMatchingTerms:
         """Per-sample loss and its mean; ``.loss`` is the scalar to train on.
 
-        Draws, in this order, the times (``b`` of them), the noise (shaped like ``x0``), then
-        the coupling's draws, all from ``generator``."""
+        Draws, in this order, the times (``b`` of them), the noise (shaped like ``x0``), the
+        coupling's draws, then (with a ``condition`` and ``p_uncond > 0``) the condition
+        dropout, all from ``generator``. ``condition``: one entry per sample of ``x0`` for a
+        conditional ``model`` (:mod:`sdeflow.conditioning`)."""
         if not isinstance(x0, Tensor) or not x0.is_floating_point():
             got = f"dtype {x0.dtype}" if isinstance(x0, Tensor) else type(x0).__name__
             raise TypeError(f"x0 must be a floating-point tensor, got {got}")
@@ -161,9 +176,14 @@ class PathMatching(nn.Module):
         check_finite("x0", x0)
         check_modules(x0, [self.model])
         b = x0.shape[0]
+        model = bind_condition(self.model, condition, batch=b, like=x0, where="PathMatching")
         t = self.time.sample(b, dtype=x0.dtype, device=x0.device, generator=generator)
         noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
         x0, noise = self.coupling(x0, noise, generator=generator)
+        if condition is not None and self.p_uncond > 0:
+            condition = drop_condition(condition, null_condition(self.model, condition),
+                                       self.p_uncond, generator)
+            model = bind(self.model, condition)
         coefs = self.path.path_coefficients(t)
         a, s = target_coefficients(coefs, self.target)
         x_t = expand_to(coefs.alpha, x0) * x0 + expand_to(coefs.sigma, x0) * noise
@@ -177,7 +197,7 @@ class PathMatching(nn.Module):
                 f"time=UniformTime(t0, t1) with 0 < t0, got times in [{float(t.min())}, "
                 f"{float(t.max())}]"
             )
-        pred = self.model(x_t, t)
+        pred = model(x_t, t)
         if not isinstance(pred, Tensor) or pred.shape != x0.shape:
             got = tuple(pred.shape) if isinstance(pred, Tensor) else type(pred).__name__
             raise ValueError(f"model(x, t) must return shape {tuple(x0.shape)}, got {got}")
@@ -186,4 +206,6 @@ class PathMatching(nn.Module):
 
     def extra_repr(self) -> str:
         w = self.weighting if isinstance(self.weighting, str) else "callable"
-        return f"target={self.target!r}, weighting={w!r}, time={self.time!r}"
+        p = f", p_uncond={self.p_uncond}" if self.p_uncond else ""
+        return f"target={self.target!r}, weighting={w!r}, time={self.time!r}{p}"
+

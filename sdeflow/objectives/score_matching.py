@@ -19,6 +19,13 @@ import torch
 from torch import Tensor, nn
 
 from sdeflow._checks import check_finite, expand_to
+from sdeflow.conditioning import (
+    bind,
+    bind_condition,
+    check_p_uncond,
+    drop_condition,
+    null_condition,
+)
 from sdeflow.objectives.terms import RegressionTerms
 from sdeflow.processes.base import SDE
 
@@ -47,6 +54,8 @@ class DenoisingScoreMatching(nn.Module):
         score: ``s(x, t)`` with ``t`` of shape ``(B,)``.
         eps: Smallest time drawn (the marginal std vanishes at 0).
         weighting: ``"sigma2"`` or ``"likelihood"``.
+        p_uncond: Classifier-free guidance's condition dropout (as
+            :class:`~sdeflow.objectives.PathMatching`).
 
     Example:
         >>> import torch
@@ -58,7 +67,7 @@ class DenoisingScoreMatching(nn.Module):
     """
 
     def __init__(self, process: SDE, score: Callable[[Tensor, Tensor], Tensor], *,
-                 eps: float = 1e-5, weighting: str = "sigma2") -> None:
+                 eps: float = 1e-5, weighting: str = "sigma2", p_uncond: float = 0.0) -> None:
         super().__init__()
         if not isinstance(process, SDE) or not process.closed_form_marginals:
             raise TypeError(f"process must be an SDE with closed-form marginals "
@@ -73,10 +82,13 @@ class DenoisingScoreMatching(nn.Module):
             raise ValueError(f"eps must be in (0, T={horizon}), got {eps}")
         self.process, self.score, self.eps, self.weighting = process, score, eps, weighting
         self.T = horizon
+        self.p_uncond = check_p_uncond(p_uncond)
 
-    def forward(self, x0: Tensor, generator: torch.Generator | None = None
-                ) -> ScoreMatchingTerms:
-        """Per-sample loss and its mean; ``.loss`` is the scalar to train on."""
+    def forward(self, x0: Tensor, generator: torch.Generator | None = None, *,
+                condition: Tensor | None = None) -> ScoreMatchingTerms:
+        """Per-sample loss and its mean; ``.loss`` is the scalar to train on. ``condition``:
+        one entry per sample for a conditional ``score`` (drawn last: the dropout, from
+        ``generator``)."""
         if not isinstance(x0, Tensor) or not x0.is_floating_point():
             got = f"dtype {x0.dtype}" if isinstance(x0, Tensor) else type(x0).__name__
             raise TypeError(f"x0 must be a floating-point tensor, got {got}")
@@ -84,11 +96,17 @@ class DenoisingScoreMatching(nn.Module):
             raise ValueError(f"x0 must have shape (batch, *state), got {tuple(x0.shape)}")
         check_finite("x0", x0)
         b = x0.shape[0]
+        score = bind_condition(self.score, condition, batch=b, like=x0,
+                               where="DenoisingScoreMatching")
         u = torch.rand(b, generator=generator, dtype=x0.dtype, device=x0.device)
         t = self.eps + (self.T - self.eps) * u
         noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
+        if condition is not None and self.p_uncond > 0:
+            condition = drop_condition(condition, null_condition(self.score, condition),
+                                       self.p_uncond, generator)
+            score = bind(self.score, condition)
         mean, std = self.process.marginal(x0, t)
-        s = self.score(mean + std * noise, t)
+        s = score(mean + std * noise, t)
         if not isinstance(s, Tensor) or s.shape != x0.shape:
             got = tuple(s.shape) if isinstance(s, Tensor) else type(s).__name__
             raise ValueError(f"score(x, t) must return shape {tuple(x0.shape)}, got {got}")

@@ -148,6 +148,19 @@ class SDE(nn.Module, ABC):
         times = ts.unbind(0)
         return lambda i, x: self.drift(x, times[i])
 
+    def conditioned(self, condition: Tensor, guidance: float = 1.0) -> SDE:
+        r"""This process with its conditional networks bound to ``condition`` (one entry per
+        sample; see :mod:`sdeflow.conditioning`), guided with scale ``guidance``
+        (:math:`v_\varnothing + w\,(v_y - v_\varnothing)`; 1: the conditional model).
+
+        A process offers this where it holds networks: it returns a copy whose networks are
+        bound (:func:`~sdeflow.conditioning.bind`), or itself when none takes a condition. The
+        default, for a process without networks (VP, a path, a user's fixed SDE), is ``self``;
+        the entry points (``sample(..., condition=)``, the objectives, the likelihood) then
+        refuse the condition with an error naming it.
+        """
+        return self
+
     def forward(self, x: Tensor, t: Tensor | float) -> tuple[Tensor, Tensor]:
         """``(drift(x, t), diffusion(x, t))``."""
         t = as_time(t, x)

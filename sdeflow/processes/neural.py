@@ -12,6 +12,7 @@ from collections.abc import Callable
 from torch import Tensor, nn
 
 from sdeflow._checks import as_time, expand_to
+from sdeflow.conditioning import bind, replaced
 from sdeflow.processes.base import SDE
 from sdeflow.schedules import Schedule, as_schedule, schedule_values
 
@@ -63,6 +64,12 @@ class ForwardSDE(SDE):
 
     def diffusion_scale(self, t: Tensor) -> Tensor:
         return schedule_values(self.schedule, t)
+
+    def conditioned(self, condition: Tensor, guidance: float = 1.0) -> ForwardSDE:
+        """A copy with the drift bound to ``condition`` (:meth:`SDE.conditioned
+        <sdeflow.processes.SDE.conditioned>`), or ``self`` when the drift takes none."""
+        drift = bind(self.drift_fn, condition, guidance)
+        return self if drift is self.drift_fn else replaced(self, drift_fn=drift)
 
     def is_flow(self) -> bool:
         """Whether :math:`g \\equiv 0`, i.e. this process is a normalizing flow."""

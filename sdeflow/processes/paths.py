@@ -70,6 +70,7 @@ import torch
 from torch import Tensor, nn
 
 from sdeflow._checks import as_time, expand_to
+from sdeflow.conditioning import bind, replaced
 from sdeflow.processes.base import SDE, PathCoefficients
 from sdeflow.processes.linear import LinearSDE
 
@@ -400,6 +401,12 @@ class ConvertedModel(nn.Module):
         _check_target("target", target)
         self.process, self.model, self.source, self.target = process, model, source, target
 
+    def conditioned(self, condition: Tensor, guidance: float = 1.0) -> ConvertedModel:
+        """A copy with ``model`` bound to ``condition`` (the conversion is affine in the model's
+        output, so guiding the model guides the converted prediction), or ``self``."""
+        model = bind(self.model, condition, guidance)
+        return self if model is self.model else replaced(self, model=model)
+
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         value = self.model(x, t)
         if self.source == self.target:
@@ -445,6 +452,12 @@ class PathODE(SDE):
                  target: str = "velocity") -> None:
         super().__init__()
         self.velocity = ConvertedModel(path, model, target, "velocity")
+
+    def conditioned(self, condition: Tensor, guidance: float = 1.0) -> PathODE:
+        """A copy with the model bound to ``condition`` (:meth:`SDE.conditioned
+        <sdeflow.processes.SDE.conditioned>`), or ``self``."""
+        velocity = self.velocity.conditioned(condition, guidance)
+        return self if velocity is self.velocity else replaced(self, velocity=velocity)
 
     def drift(self, x: Tensor, t: Tensor) -> Tensor:
         t = as_time(t, x)

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from sdeflow._checks import as_time, expand_to
+from sdeflow.conditioning import bind, replaced
 from sdeflow.processes.base import SDE, LinearPart, require_additive_noise
 
 __all__ = ["ReverseSDE", "probability_flow"]
@@ -115,6 +116,18 @@ class ReverseSDE(SDE):
         part = self.forward_sde.linear_part()
         return None if part is None else LinearPart(part.coefficients,
                                                     part.noise_scale * self.lam)
+
+    def conditioned(self, condition: Tensor, guidance: float = 1.0) -> ReverseSDE:
+        r"""A copy with the forward process's and the score's networks bound to ``condition``
+        (:meth:`SDE.conditioned <sdeflow.processes.SDE.conditioned>`), or ``self`` when none
+        takes one. Guiding both networks with the same scale :math:`w` guides the reverse drift:
+        :math:`f_w - \kappa s_w = (1-w)(f_\varnothing - \kappa s_\varnothing)
+        + w\,(f_y - \kappa s_y)`, since :math:`\kappa` does not depend on the condition."""
+        forward = self.forward_sde.conditioned(condition, guidance)
+        score = bind(self.score, condition, guidance)
+        if forward is self.forward_sde and score is self.score:
+            return self
+        return replaced(self, forward_sde=forward, score=score)
 
     def with_lam(self, lam: float) -> ReverseSDE:
         """The same forward process and score with another :math:`\\lambda` (shares modules)."""

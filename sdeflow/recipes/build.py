@@ -25,6 +25,11 @@ wrote it. Every part is chosen by name through its registry: the networks
 
 The score, flow and path-matching families take no trajectory sweep, so ``train.gradient``,
 ``train.discretizer`` and ``train.clip_time`` do not apply to them.
+
+With ``model.num_classes`` every family is conditional (:mod:`sdeflow.conditioning`): its
+networks are the conditional form of their ``net`` (class labels), trained with the condition
+dropout ``model.p_uncond`` and sampled with the guidance scale ``model.guidance``; the run's data
+source yields the labels (:func:`sdeflow.data.load_toy_labeled`).
 """
 
 from __future__ import annotations
@@ -164,15 +169,28 @@ def _networks(recipe: Mapping[str, Any], sections: tuple[str, ...], *, channels_
               compile: bool) -> list[nn.Module]:
     """The networks of ``sections``, built in that order (so a seed fixes their weights)."""
     shape = state_shape(recipe)
+    num_classes = recipe.get("model", {}).get("num_classes")
     nets = []
     for section in sections:
-        net = build_network(recipe[section], shape)
+        spec = recipe[section]
+        if num_classes is not None:
+            spec = {**spec, "num_classes": num_classes}
+        net = build_network(spec, shape)
         if channels_last and len(shape) == 3:
             net = net.to(memory_format=torch.channels_last)
         if compile:
             net.compile()
         nets.append(net)
     return nets
+
+
+def _conditioning(recipe: Mapping[str, Any]) -> dict[str, float]:
+    """The families' ``p_uncond`` and ``guidance`` of a conditional recipe (else none)."""
+    model = recipe.get("model", {})
+    if "num_classes" not in model:
+        return {}
+    return {"p_uncond": float(model.get("p_uncond", 0.0)),
+            "guidance": float(model.get("guidance", 1.0))}
 
 
 def _check_diffflow(recipe: Mapping[str, Any]) -> None:
@@ -219,7 +237,8 @@ def _diffflow(recipe: Mapping[str, Any], *, channels_last: bool = False,
                                          default=DEFAULTS["train.discretizer"]),
         gradient=GRADIENTS.resolve(train["gradient"]),
         sample_grid=None if sample_steps is None else grid_factory(recipe)(sample_steps),
-        clip_time=(grid["t0"], grid["t1"]) if train.get("clip_time", False) else None)
+        clip_time=(grid["t0"], grid["t1"]) if train.get("clip_time", False) else None,
+        **_conditioning(recipe))
 
 
 @FAMILIES.register("score", required=("score",), sampling_grid=_score_grid_of)
@@ -235,7 +254,8 @@ def _score(recipe: Mapping[str, Any], *, channels_last: bool = False,
     sde = entry.factory(**{k: process[k] for k in entry.keys if k in process})
     steps = recipe_get(recipe, "sample.steps")
     return ScoreModel(net, sde, state_shape(recipe), eps=float(process.get("eps", 1e-3)),
-                      **({} if steps is None else {"sample_steps": steps}))
+                      **({} if steps is None else {"sample_steps": steps}),
+                      **_conditioning(recipe))
 
 
 @FAMILIES.register("flow", required=("grid", "schedule", "drift"), sampling_grid=_grid_of)
@@ -246,7 +266,8 @@ def _flow(recipe: Mapping[str, Any], *, channels_last: bool = False,
     from sdeflow.training import FlowModel
 
     (drift,) = _networks(recipe, ("drift",), channels_last=channels_last, compile=compile)
-    return FlowModel(drift, prior=StandardNormal(state_shape(recipe)), **_grids(recipe))
+    return FlowModel(drift, prior=StandardNormal(state_shape(recipe)), **_grids(recipe),
+                     **_conditioning(recipe))
 
 
 def _declared(entry: Any, spec: Mapping[str, Any]) -> dict[str, Any]:
@@ -309,7 +330,7 @@ def _path_matching(recipe: Mapping[str, Any], *, channels_last: bool = False,
     return PathMatchingModel(net, parts["path"], parts["grid"], state_shape(recipe),
                              target=spec.get("target", "velocity"),
                              weighting=spec.get("weighting", "target"), time=parts["time"],
-                             coupling=parts["coupling"])
+                             coupling=parts["coupling"], **_conditioning(recipe))
 
 
 def sampling_grid(recipe: Mapping[str, Any], n: int) -> TimeGrid:

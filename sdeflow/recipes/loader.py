@@ -9,7 +9,10 @@ declares (the registry is the only list: a part a user registers is chosen the s
                "path_matching"); path matching's target (sdeflow.processes.paths.TARGETS),
                weighting (sdeflow.objectives.WEIGHTINGS), time (sdeflow.objectives.TIME_LAWS,
                "uniform" by default) and coupling (sdeflow.couplings.COUPLINGS, "independent"
-               by default) with their keys
+               by default) with their keys; conditional generation (sdeflow.conditioning):
+               num_classes (the networks take class labels; a labelled 2D set,
+               sdeflow.data.TOY_LABELS), p_uncond (condition dropout in training, 0 by
+               default), guidance (the sampling guidance scale, 1 by default)
     path       kind: sdeflow.processes.PATHS ("linear", "cosine", "vp", ...) and its keys
     data       dataset (a 2D set of sdeflow.data.TOY_DATASETS, "cifar10" or "mnist"),
                channels, image_size, resize, dequantize, random_flip (2D: sizes, scaling)
@@ -113,7 +116,8 @@ def recipe_schema() -> dict[str, dict[str, tuple[type, ...]]]:
     nets = {"net": (str,), **NETS.key_types()}
     return {**_FIXED_SCHEMA,
             "model": {"family": (str,), "target": (str,), "weighting": (str,), "time": (str,),
-                      "coupling": (str,), **TIME_LAWS.key_types(), **COUPLINGS.key_types()},
+                      "coupling": (str,), "num_classes": (int,), "p_uncond": _NUMBER,
+                      "guidance": _NUMBER, **TIME_LAWS.key_types(), **COUPLINGS.key_types()},
             "path": {"kind": (str,), **PATHS.key_types()},
             "grid": {"kind": (str,), "jitter": (bool,), **GRIDS.key_types()},
             "schedule": {"kind": (str,), **STEPS_SCHEDULES.key_types()},
@@ -297,6 +301,7 @@ def validate_recipe(recipe: Mapping[str, Any]) -> None:
             raise ValueError(f"model.family {family.name!r} needs {section}")
 
     _validate_data(recipe["data"])
+    _validate_conditioning(recipe)
     train = recipe["train"]
     if "schedule" in recipe:
         spec = recipe["schedule"]
@@ -382,3 +387,32 @@ def _validate_data(data: Mapping[str, Any]) -> None:
                 raise ValueError(f"data.dataset {dataset!r} (images) needs data.{key}")
     if "resize" in data:
         _check_choice("data.resize", data["resize"], "data.resize")
+
+
+def _validate_conditioning(recipe: Mapping[str, Any]) -> None:
+    """``model.num_classes``, ``model.p_uncond`` and ``model.guidance``: a labelled 2D set with
+    that many classes, networks with a conditional form, a dropout in [0, 1)."""
+    from sdeflow.data import TOY_LABELS
+    from sdeflow.nets import NETS
+
+    model = recipe.get("model", {})
+    if "num_classes" not in model:
+        for key in ("p_uncond", "guidance"):
+            if key in model:
+                raise ValueError(f"model.{key} needs model.num_classes (a conditional model)")
+        return
+    dataset, n = recipe["data"].get("dataset"), model["num_classes"]
+    if dataset not in TOY_LABELS or TOY_LABELS[dataset][0] != n:
+        raise ValueError(f"model.num_classes = {n} needs a labelled data set with {n} classes: "
+                         f"{', '.join(f'{k} ({v[0]})' for k, v in TOY_LABELS.items())}; got "
+                         f"data.dataset {dataset!r}")
+    if not 0 <= model.get("p_uncond", 0.0) < 1:
+        raise ValueError(f"model.p_uncond must be in [0, 1), got {model['p_uncond']}")
+    if not (math.isfinite(model.get("guidance", 1.0)) and model.get("guidance", 1.0) >= 0):
+        raise ValueError(f"model.guidance must be a finite number >= 0, got {model['guidance']}")
+    conditional = [k for k in NETS.names() if NETS.entry(k).extras.get("conditional")]
+    for section in ("drift", "score"):
+        net = recipe.get(section, {}).get("net")
+        if net in NETS and net not in conditional:
+            raise ValueError(f"model.num_classes: {section}.net {net!r} has no conditional form "
+                             f"(nets with one: {', '.join(conditional)})")

@@ -5,7 +5,9 @@ Two kinds of data, told apart by the shape of one state (:func:`sdeflow.recipes.
 - **points** (a built-in 2D set, ``data.dataset`` one of :data:`sdeflow.data.TOY_DATASETS`):
   ``data.train_size`` training and ``data.val_size`` test points drawn from the run's seed and
   standardized by the map fitted on the training points (:func:`sdeflow.data.load_toy`); the
-  NLL in data coordinates adds :math:`\log|\det \partial T/\partial x|` of that map;
+  NLL in data coordinates adds :math:`\log|\det \partial T/\partial x|` of that map; with
+  ``model.num_classes`` the points come with their class labels
+  (:func:`sdeflow.data.load_toy_labeled`) and the batches are pairs ``(x, y)``;
 - **images** (``cifar10``, ``mnist``): the ``uint8`` images of ``--data-dir`` (MD5-checked),
   scaled as the recipe says (:class:`ImageBatches`), or for ``--smoke`` a tiny data set written
   in the real file format into the run folder.
@@ -93,8 +95,8 @@ class ImageBatches:
 class RunData:
     r"""A run's data set: ``train`` and ``test`` (points standardized, images ``uint8``),
     ``kind`` (``"points"`` or ``"images"``), ``to_data`` (model space to data coordinates:
-    the inverse standardization, or 8-bit images) and ``log_abs_det`` (of the standardization,
-    0 for images)."""
+    the inverse standardization, or 8-bit images), ``log_abs_det`` (of the standardization,
+    0 for images) and, for a conditional recipe, ``train_labels`` and ``test_labels``."""
 
     kind: str
     train: Tensor
@@ -102,12 +104,14 @@ class RunData:
     to_data: Callable[[Tensor], Tensor]
     log_abs_det: float = 0.0
     preprocessor: Any = field(default=None, repr=False)
+    train_labels: Tensor | None = field(default=None, repr=False)
+    test_labels: Tensor | None = field(default=None, repr=False)
 
     def batches(self, recipe: dict[str, Any], *, seed: int, rank: int = 0, world_size: int = 1,
                 channels_last: bool = False):
         """The training batches: ``train.batch_size`` per process, shuffled by ``seed + 1``."""
         source = TensorBatches(self.train, recipe["train"]["batch_size"], seed=seed + 1,
-                               rank=rank, world_size=world_size)
+                               rank=rank, world_size=world_size, labels=self.train_labels)
         if self.kind == "points":
             return source
         return ImageBatches(source, dequantize=recipe["data"]["dequantize"],
@@ -116,9 +120,14 @@ class RunData:
 
 
 def _points(recipe: dict[str, Any], seed: int) -> RunData:
-    from sdeflow.data import load_toy
+    from sdeflow.data import load_toy, load_toy_labeled
 
     data = recipe["data"]
+    if "num_classes" in recipe.get("model", {}):
+        (train, train_y), (test, test_y), pre = load_toy_labeled(
+            data["dataset"], int(data["train_size"]), int(data["val_size"]), seed=seed)
+        return RunData("points", train, test, pre.inverse, float(pre.log_abs_det), pre,
+                       train_y, test_y)
     train, test, pre = load_toy(data["dataset"], int(data["train_size"]),
                                 int(data["val_size"]), seed=seed)
     return RunData("points", train, test, pre.inverse, float(pre.log_abs_det), pre)

@@ -2,7 +2,7 @@ r"""Training: the :class:`Trainer` loop, the model families it trains, and its p
 (grouped options, EMA weights, atomic checkpoints, batch sources, a progressive number of time
 steps)."""
 
-from sdeflow.training.batches import BatchSource, TensorBatches
+from sdeflow.training.batches import BatchSource, TensorBatches, batch_to
 from sdeflow.training.checkpoint import (
     CheckpointError,
     kept_checkpoint_path,
@@ -71,6 +71,7 @@ __all__ = [
     "SteppedSteps",
     "StepsSchedule",
     "TensorBatches",
+    "batch_to",
     "Trainer",
     "kept_checkpoint_path",
     "list_checkpoints",

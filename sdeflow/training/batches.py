@@ -1,11 +1,12 @@
 r"""Batch sources: where the :class:`~sdeflow.training.Trainer` gets its minibatches.
 
-A batch source is any object with ``next_batch() -> Tensor``, ``state_dict()`` and
-``load_state_dict(state)``: the trainer checkpoints its state with the model, so a resumed run
-draws the same batches as an uninterrupted one. :class:`TensorBatches` shuffles an in-memory
-tensor each epoch with its own :class:`torch.Generator` (never the global RNG), and can be
-sharded over ``world_size`` processes: every rank draws the same permutation and takes its own
-``batch_size`` slice of each global batch, as a distributed sampler does.
+A batch source is any object with ``next_batch()`` (a tensor ``x``, or a pair ``(x, y)`` of
+samples and their conditions for a conditional model, :mod:`sdeflow.conditioning`),
+``state_dict()`` and ``load_state_dict(state)``: the trainer checkpoints its state with the
+model, so a resumed run draws the same batches as an uninterrupted one. :class:`TensorBatches`
+shuffles an in-memory tensor each epoch with its own :class:`torch.Generator` (never the global
+RNG), and can be sharded over ``world_size`` processes: every rank draws the same permutation
+and takes its own ``batch_size`` slice of each global batch, as a distributed sampler does.
 """
 
 from __future__ import annotations
@@ -15,14 +16,14 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
-__all__ = ["BatchSource", "TensorBatches"]
+__all__ = ["BatchSource", "TensorBatches", "batch_to"]
 
 
 @runtime_checkable
 class BatchSource(Protocol):
     """What the trainer needs from a data pipeline."""
 
-    def next_batch(self) -> Tensor: ...
+    def next_batch(self) -> Tensor | tuple[Tensor, Tensor]: ...
 
     def state_dict(self) -> dict[str, Any]: ...
 
@@ -40,6 +41,8 @@ class TensorBatches:
         rank: This process's rank in ``[0, world_size)``.
         world_size: Number of processes sharing each global batch of
             ``batch_size * world_size`` samples.
+        labels: The condition of each sample (class labels ``(n,)`` or vectors ``(n, k)``):
+            then each batch is the pair ``(x, y)`` of the same samples' data and conditions.
 
     The last incomplete global batch of an epoch is dropped, so every batch has
     ``batch_size`` samples.
@@ -54,11 +57,14 @@ class TensorBatches:
         >>> source.load_state_dict(state)
         >>> torch.equal(a, source.next_batch())
         True
+        >>> x, y = TensorBatches(torch.zeros(10, 2), 4, labels=torch.arange(10)).next_batch()
+        >>> x.shape, y.shape
+        (torch.Size([4, 2]), torch.Size([4]))
     """
 
     def __init__(
         self, data: Tensor, batch_size: int, *, shuffle: bool = True, seed: int = 0,
-        rank: int = 0, world_size: int = 1,
+        rank: int = 0, world_size: int = 1, labels: Tensor | None = None,
     ) -> None:
         if not isinstance(data, Tensor) or data.dim() < 1:
             raise TypeError("data must be a tensor of samples with a leading sample dimension")
@@ -71,7 +77,13 @@ class TensorBatches:
         if batch_size * world_size > data.shape[0]:
             raise ValueError(f"batch_size * world_size = {batch_size * world_size} exceeds the "
                              f"{data.shape[0]} samples of data")
+        if labels is not None and (not isinstance(labels, Tensor) or labels.dim() < 1
+                                   or labels.shape[0] != data.shape[0]):
+            got = tuple(labels.shape) if isinstance(labels, Tensor) else type(labels).__name__
+            raise ValueError(f"labels must be a tensor with one entry per sample of data "
+                             f"({data.shape[0]}), got {got}")
         self.data, self.batch_size, self.shuffle = data, batch_size, bool(shuffle)
+        self.labels = labels
         self.rank, self.world_size = rank, world_size
         self.generator = torch.Generator().manual_seed(int(seed))
         self.epoch = -1
@@ -95,15 +107,19 @@ class TensorBatches:
             return torch.randperm(n, generator=self.generator)
         return torch.arange(n)
 
-    def next_batch(self) -> Tensor:
-        """The next batch, ``(batch_size, *state)``, on ``data``'s device."""
+    def next_batch(self) -> Tensor | tuple[Tensor, Tensor]:
+        """The next batch, ``(batch_size, *state)``, on ``data``'s device (with ``labels``: the
+        pair of it and its samples' labels)."""
         if self._perm is None or self.position >= self.batches_per_epoch:
             self._new_epoch()
         global_size = self.batch_size * self.world_size
         start = self.position * global_size + self.rank * self.batch_size
         index = self._perm[start:start + self.batch_size]
         self.position += 1
-        return self.data[index.to(self.data.device)]
+        x = self.data[index.to(self.data.device)]
+        if self.labels is None:
+            return x
+        return x, self.labels[index.to(self.labels.device)]
 
     def state_dict(self) -> dict[str, Any]:
         # the permutation is redrawn from the generator state at the epoch's start
@@ -118,5 +134,19 @@ class TensorBatches:
         self._perm = self._draw_perm() if state["started"] else None
 
     def __repr__(self) -> str:
+        labelled = "" if self.labels is None else ", labelled"
         return (f"TensorBatches(n={self.data.shape[0]}, batch_size={self.batch_size}, "
-                f"rank={self.rank}, world_size={self.world_size})")
+                f"rank={self.rank}, world_size={self.world_size}{labelled})")
+
+
+def batch_to(batch: Tensor | tuple[Tensor, ...], device: torch.device | str
+             ) -> Tensor | tuple[Tensor, ...]:
+    """A batch (a tensor, or a pair ``(x, condition)``) on ``device`` (non-blocking copies).
+
+    Example:
+        >>> batch_to((torch.zeros(2, 1), torch.tensor([0, 1])), "cpu")[1]
+        tensor([0, 1])
+    """
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(batch_to(b, device) for b in batch)
+    return batch.to(device, non_blocking=True)

@@ -19,19 +19,16 @@ path matching (:class:`~sdeflow.training.path_model.PathMatchingModel`).
 
 from __future__ import annotations
 
-import math
-from abc import ABC, abstractmethod
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torchdiffeq import odeint
 
+from sdeflow.conditioning import bind, bind_condition, check_p_uncond, replaced, split_batch
 from sdeflow.discretizers import Discretizer
 from sdeflow.distributions import (
-    MODEL_LAWS,
     ProbabilityFlowDistribution,
     SDESamplerDistribution,
     check_law,
@@ -44,66 +41,12 @@ from sdeflow.priors import StandardNormal
 from sdeflow.processes import ForwardSDE, LinearSDE, ReverseSDE, probability_flow
 from sdeflow.sampling import sample
 from sdeflow.schedules import Schedule
+from sdeflow.training.generative import GenerativeModel
 from sdeflow.training.model_grids import GridSpec, _GridMixin
 from sdeflow.training.progressive import StepsSchedule
 
 __all__ = ["GenerativeModel", "DiffFlowModel", "ScoreModel", "FlowModel"]
 
-
-
-class GenerativeModel(nn.Module, ABC):
-    """The interface every model family implements for the trainer and the evaluation."""
-
-    #: What :meth:`nelbo` computes (written to metrics).
-    nelbo_kind: str = "negative ELBO"
-
-    @abstractmethod
-    def loss(self, batch: Tensor, step: int) -> tuple[Tensor, dict[str, float]]:
-        """``(scalar loss to minimize, dict of floats to log)`` for one training batch."""
-
-    @abstractmethod
-    def sample(self, n: int, *, lam: float = 1.0, grid: TimeGrid | None = None) -> Tensor:
-        """``n`` samples ``(n, *state)`` (no autograd) by the reverse family of noise scale
-        ``lam`` on ``grid`` (default: the model's own sampling grid)."""
-
-    @abstractmethod
-    def log_likelihood(self, x: Tensor, **ode_kwargs: Any) -> Tensor:
-        """Exact :math:`\\log p(x)` per sample, ``(B,)``, nats, through the model's ODE."""
-
-    @abstractmethod
-    def nelbo(self, x: Tensor) -> Tensor:
-        """Per-sample bound (see :attr:`nelbo_kind`), ``(B,)``, nats."""
-
-    def distribution(self, law: str = "probability_flow", **kwargs: Any
-                     ) -> ProbabilityFlowDistribution | SDESamplerDistribution:
-        """The trained model as a pyro distribution over :math:`x_0` of the law named by ``law``
-        (one of :data:`~sdeflow.distributions.MODEL_LAWS`): ``"probability_flow"``, whose samples
-        and exact ``log_prob`` agree (:class:`~sdeflow.distributions.ProbabilityFlowDistribution`),
-        or ``"sde_sampler"``, the law of :meth:`sample`'s output
-        (:class:`~sdeflow.distributions.SDESamplerDistribution`); ``kwargs`` go to the class."""
-        raise NotImplementedError(f"{type(self).__name__} does not define distribution(); "
-                                  f"the laws are {MODEL_LAWS}")
-
-    @property
-    def state_shape(self) -> tuple[int, ...]:
-        return tuple(self.prior().event_shape)
-
-    def plot(self, path: str | Path, *, n: int | None = None, data: Tensor | None = None,
-             title: str | None = None) -> None:
-        """Write a picture of ``n`` samples to ``path``: a scatter plot beside ``data`` for 2D
-        states (default 2000 points), an image grid for ``(C, H, W)`` states (default 64
-        images); the trainer's periodic plot hook."""
-        from sdeflow import plotting  # matplotlib only when plotting
-
-        n = n or (64 if len(self.state_shape) == 3 else 2000)
-        samples = self.sample(n).float().cpu()
-        if len(self.state_shape) == 1 and self.state_shape[0] == 2:
-            plotting.plot_samples_2d(samples, path, data=data, title=title)
-        elif len(self.state_shape) == 3:
-            plotting.save_image_grid(samples, path, nrow=int(math.sqrt(n)) or 1)
-        else:
-            raise ValueError(f"plot supports 2D points and (C, H, W) images, got state shape "
-                             f"{self.state_shape}")
 
 
 class _ClippedTime(nn.Module):
@@ -115,6 +58,11 @@ class _ClippedTime(nn.Module):
 
     def forward(self, x: Tensor, t: Tensor, **kwargs: Any) -> Tensor:
         return self.net(x, t.clamp(self.lo, self.hi), **kwargs)
+
+    def conditioned(self, condition: Tensor, guidance: float = 1.0) -> _ClippedTime:
+        """A copy with the network bound to ``condition``, or ``self``."""
+        net = bind(self.net, condition, guidance)
+        return self if net is self.net else replaced(self, net=net)
 
 
 def _check_clip(clip_time: tuple[float, float]) -> tuple[float, float]:
@@ -189,9 +137,12 @@ class DiffFlowModel(_GridMixin, GenerativeModel):
         gradient: GradientStrategy | None = None,
         sample_grid: TimeGrid | None = None,
         clip_time: tuple[float, float] | None = None,
+        p_uncond: float = 0.0,
+        guidance: float = 1.0,
     ) -> None:
         super().__init__()
         self.drift_net, self.score_net, self.prior = drift_net, score_net, prior
+        self.p_uncond, self.guidance = check_p_uncond(p_uncond), float(guidance)
         self.forward_sde = ForwardSDE(drift_net, diffusion)
         if self.forward_sde.is_flow():
             raise ValueError("diffusion must be > 0 for DiffFlow; use FlowModel for g = 0")
@@ -205,41 +156,53 @@ class DiffFlowModel(_GridMixin, GenerativeModel):
         # The training objective: the same parts, with the networks seeing the clipped time.
         # Kept out of the module tree (object.__setattr__), so the state_dict has the keys of an
         # unclipped model; every tensor it holds belongs to the registered modules.
-        loss_objective = self.objective
+        reverse = self.reverse
         if self.clip_time is not None:
             lo, hi = self.clip_time
             forward = ForwardSDE(_ClippedTime(drift_net, lo, hi), self.forward_sde.schedule)
             reverse = ReverseSDE(forward, _ClippedTime(score_net, lo, hi), lam=1.0)
+        loss_objective = self.objective
+        if self.clip_time is not None or self.p_uncond:
             loss_objective = DiffFlowObjective(reverse, prior,
                                                discretizer=self.objective.discretizer,
-                                               gradient=self.objective.gradient)
+                                               gradient=self.objective.gradient,
+                                               p_uncond=self.p_uncond)
         object.__setattr__(self, "loss_objective", loss_objective)
 
-    def loss(self, batch: Tensor, step: int) -> tuple[Tensor, dict[str, float]]:
+    def loss(self, batch: Tensor | tuple[Tensor, Tensor], step: int
+             ) -> tuple[Tensor, dict[str, float]]:
+        x, condition = split_batch(batch)
         grid = self.training_grid(step)
-        terms = self.loss_objective(batch, grid)
+        terms = self.loss_objective(x, grid, condition=condition)
         return terms.loss, {"nelbo": float(terms.loss.detach()), "n_steps": grid.n_steps}
 
     @torch.no_grad()
-    def sample(self, n: int, *, lam: float = 1.0, grid: TimeGrid | None = None) -> Tensor:
+    def sample(self, n: int, *, lam: float = 1.0, grid: TimeGrid | None = None,
+               condition: Tensor | None = None, guidance: float | None = None) -> Tensor:
         """``n`` samples by the reverse family with noise scale ``lam`` (1: the reverse SDE,
-        0: the probability-flow ODE by Euler steps), last step noise-free."""
+        0: the probability-flow ODE by Euler steps), last step noise-free; with a
+        ``condition``, guided by ``guidance`` (both networks: the guided reverse drift)."""
         if grid is None:
             grid = self.grid if self.sample_grid_ts is None else TimeGrid(self.sample_grid_ts)
         return sample(self.reverse.with_lam(lam), self.prior, grid, (n,),
-                      discretizer=self.objective.discretizer)
+                      discretizer=self.objective.discretizer,
+                      **self._conditions(condition, guidance, n))
 
-    def log_likelihood(self, x: Tensor, **ode_kwargs: Any) -> Tensor:
+    def log_likelihood(self, x: Tensor, *, condition: Tensor | None = None,
+                       guidance: float | None = None, **ode_kwargs: Any) -> Tensor:
         ode = probability_flow(self.forward_sde, self.score_net)
-        return ode_log_likelihood(ode, self.prior, self.grid, x, **ode_kwargs).log_prob
+        return ode_log_likelihood(ode, self.prior, self.grid, x, **ode_kwargs,
+                                  **self._conditions(condition, guidance)).log_prob
 
     @torch.no_grad()
-    def nelbo(self, x: Tensor) -> Tensor:
+    def nelbo(self, x: Tensor, *, condition: Tensor | None = None,
+              guidance: float | None = None) -> Tensor:
         """Trajectory negative ELBO on the evaluation grid (one forward trajectory per point)."""
-        return self.objective(x, self.grid).nelbo
+        return self.objective(x, self.grid, **self._conditions(condition, guidance)).nelbo
 
     def distribution(self, law: str = "probability_flow", *, lam: float = 1.0,
-                     grid: TimeGrid | None = None, **kwargs: Any
+                     grid: TimeGrid | None = None, condition: Tensor | None = None,
+                     guidance: float | None = None, **kwargs: Any
                      ) -> ProbabilityFlowDistribution | SDESamplerDistribution:
         """The model as a distribution over :math:`x_0` (:meth:`GenerativeModel.distribution`):
         the probability-flow ODE on the evaluation grid, or the ``lam``-sampler on the sampling
@@ -257,6 +220,7 @@ class DiffFlowModel(_GridMixin, GenerativeModel):
             >>> model.distribution("sde_sampler", lam=0.5).sample((3,)).shape
             torch.Size([3, 2])
         """
+        kwargs.update(self._conditions(condition, guidance))
         if check_law(law) == "probability_flow":
             return ProbabilityFlowDistribution(probability_flow(self.forward_sde, self.score_net),
                                                self.prior, self.grid if grid is None else grid,
@@ -307,10 +271,14 @@ class ScoreModel(GenerativeModel):
         weighting: str = "sigma2",
         sample_steps: int = 500,
         elbo_steps: int = 200,
+        p_uncond: float = 0.0,
+        guidance: float = 1.0,
     ) -> None:
         super().__init__()
         self.score_net, self.sde, self.eps = score_net, sde, float(eps)
-        self.dsm = DenoisingScoreMatching(sde, score_net, eps=eps, weighting=weighting)
+        self.guidance = float(guidance)
+        self.dsm = DenoisingScoreMatching(sde, score_net, eps=eps, weighting=weighting,
+                                          p_uncond=p_uncond)
         self.prior = StandardNormal(tuple(state_shape), scale=sde.prior_std())
         self.reverse = ReverseSDE(sde, score_net, lam=1.0)
         self.sample_steps, self.elbo_steps = int(sample_steps), int(elbo_steps)
@@ -320,35 +288,46 @@ class ScoreModel(GenerativeModel):
         ref = self.prior.loc
         return TimeGrid.uniform(n, self.eps, self.sde.T, dtype=ref.dtype, device=ref.device)
 
-    def loss(self, batch: Tensor, step: int) -> tuple[Tensor, dict[str, float]]:
-        loss = self.dsm(batch).loss
+    def loss(self, batch: Tensor | tuple[Tensor, Tensor], step: int
+             ) -> tuple[Tensor, dict[str, float]]:
+        x, condition = split_batch(batch)
+        loss = self.dsm(x, condition=condition).loss
         return loss, {"dsm": float(loss.detach())}
 
     @torch.no_grad()
     def sample(self, n: int, *, lam: float = 1.0, steps: int | None = None,
-               grid: TimeGrid | None = None) -> Tensor:
+               grid: TimeGrid | None = None, condition: Tensor | None = None,
+               guidance: float | None = None) -> Tensor:
         """``n`` samples by the reverse family with noise scale ``lam`` on ``grid`` (default: a
-        uniform grid of ``steps``, else ``sample_steps``, over ``[eps, T]``)."""
+        uniform grid of ``steps``, else ``sample_steps``, over ``[eps, T]``); with a
+        ``condition``, guided by ``guidance``."""
         if grid is None:
             grid = self._grid(steps or self.sample_steps)
-        return sample(self.reverse.with_lam(lam), self.prior, grid, (n,))
+        return sample(self.reverse.with_lam(lam), self.prior, grid, (n,),
+                      **self._conditions(condition, guidance, n))
 
-    def log_likelihood(self, x: Tensor, **ode_kwargs: Any) -> Tensor:
+    def log_likelihood(self, x: Tensor, *, condition: Tensor | None = None,
+                       guidance: float | None = None, **ode_kwargs: Any) -> Tensor:
         ode = probability_flow(self.sde, self.score_net)
-        return ode_log_likelihood(ode, self.prior, self._grid(1), x, **ode_kwargs).log_prob
+        return ode_log_likelihood(ode, self.prior, self._grid(1), x, **ode_kwargs,
+                                  **self._conditions(condition, guidance)).log_prob
 
     @torch.no_grad()
-    def nelbo(self, x: Tensor) -> Tensor:
+    def nelbo(self, x: Tensor, *, condition: Tensor | None = None,
+              guidance: float | None = None) -> Tensor:
         """Negative ELBO of the Euler–Maruyama backward chain on ``elbo_steps`` uniform steps
         (the same trajectory bound DiffFlow trains, with the forward process fixed)."""
-        return self.elbo_objective(x, self._grid(self.elbo_steps)).nelbo
+        return self.elbo_objective(x, self._grid(self.elbo_steps),
+                                   **self._conditions(condition, guidance)).nelbo
 
     def distribution(self, law: str = "probability_flow", *, lam: float = 1.0,
-                     steps: int | None = None, **kwargs: Any
+                     steps: int | None = None, condition: Tensor | None = None,
+                     guidance: float | None = None, **kwargs: Any
                      ) -> ProbabilityFlowDistribution | SDESamplerDistribution:
         """The model as a distribution over :math:`x_0` (:meth:`GenerativeModel.distribution`):
         the probability-flow ODE from ``eps`` to ``T``, or the ``lam``-sampler on ``steps``
         (default ``sample_steps``) uniform steps."""
+        kwargs.update(self._conditions(condition, guidance))
         if check_law(law) == "probability_flow":
             return ProbabilityFlowDistribution(probability_flow(self.sde, self.score_net),
                                                self.prior, self._grid(1), **kwargs)
@@ -393,44 +372,61 @@ class FlowModel(_GridMixin, GenerativeModel):
         progressive: StepsSchedule | None = None,
         rtol: float = 1e-5,
         atol: float = 1e-5,
+        p_uncond: float = 0.0,
+        guidance: float = 1.0,
     ) -> None:
         super().__init__()
         self.drift_net, self.prior = drift_net, prior
         self.flow = ForwardSDE(drift_net, 0.0)
         self.objective = FlowNLL(self.flow, prior)
+        self.guidance = float(guidance)
+        loss_objective = FlowNLL(self.flow, prior, p_uncond=p_uncond) if p_uncond else \
+            self.objective
+        object.__setattr__(self, "loss_objective", loss_objective)
         self._setup_grid(grid, progressive, jitter)
         self.rtol, self.atol = rtol, atol
 
-    def loss(self, batch: Tensor, step: int) -> tuple[Tensor, dict[str, float]]:
+    def loss(self, batch: Tensor | tuple[Tensor, Tensor], step: int
+             ) -> tuple[Tensor, dict[str, float]]:
+        x, condition = split_batch(batch)
         grid = self.training_grid(step)
-        terms = self.objective(batch, grid)
+        terms = self.loss_objective(x, grid, condition=condition)
         return terms.loss, {"nll": float(terms.loss.detach()), "n_steps": grid.n_steps}
 
     @torch.no_grad()
-    def sample(self, n: int, *, lam: float = 1.0, grid: TimeGrid | None = None) -> Tensor:
+    def sample(self, n: int, *, lam: float = 1.0, grid: TimeGrid | None = None,
+               condition: Tensor | None = None, guidance: float | None = None) -> Tensor:
         r"""``n`` samples of :math:`dx = f\,dt` integrated backward from the prior: by the
         adaptive solver, or by Euler steps on ``grid``. ``lam`` has no effect: with
         :math:`g = 0` every member of the reverse family is this ODE."""
         x_final = self.prior().sample((n,))
+        call = self._conditions(condition, guidance, n)
+        flow = bind_condition(self.flow, call.get("condition"), call.get("guidance", 1.0),
+                              batch=n, like=x_final, where="FlowModel.sample")
         if grid is None:
             ts = torch.tensor([self.grid.t1, self.grid.t0], dtype=x_final.dtype,
                               device=x_final.device)
             options = {"rtol": self.rtol, "atol": self.atol}
         else:
             ts, options = grid.ts.to(x_final).flip(0), {"method": "euler"}
-        xs = odeint(lambda t, x: self.flow.drift(x, t), x_final, ts, **options)
+        xs = odeint(lambda t, x: flow.drift(x, t), x_final, ts, **options)
         return xs[-1]
 
-    def log_likelihood(self, x: Tensor, **ode_kwargs: Any) -> Tensor:
-        return ode_log_likelihood(self.flow, self.prior, self.grid, x, **ode_kwargs).log_prob
+    def log_likelihood(self, x: Tensor, *, condition: Tensor | None = None,
+                       guidance: float | None = None, **ode_kwargs: Any) -> Tensor:
+        return ode_log_likelihood(self.flow, self.prior, self.grid, x, **ode_kwargs,
+                                  **self._conditions(condition, guidance)).log_prob
 
     @torch.no_grad()
-    def nelbo(self, x: Tensor) -> Tensor:
+    def nelbo(self, x: Tensor, *, condition: Tensor | None = None,
+              guidance: float | None = None) -> Tensor:
         """Exact NLL of the Euler flow on the evaluation grid (the training objective)."""
         with torch.enable_grad():  # the Jacobians need autograd
-            return self.objective(x, self.grid).nll.detach()
+            return self.objective(x, self.grid, **self._conditions(condition, guidance)
+                                  ).nll.detach()
 
-    def distribution(self, law: str = "probability_flow", **kwargs: Any
+    def distribution(self, law: str = "probability_flow", *, condition: Tensor | None = None,
+                     guidance: float | None = None, **kwargs: Any
                      ) -> ProbabilityFlowDistribution:
         r"""The continuous flow as a distribution over :math:`x_0`: samples and exact density
         through the ODE :math:`dx = f\,dt` (the solver's ``rtol``/``atol`` by default). A flow has
@@ -440,5 +436,6 @@ class FlowModel(_GridMixin, GenerativeModel):
                              "SDE sampler), got 'sde_sampler'")
         kwargs.setdefault("rtol", self.rtol)
         kwargs.setdefault("atol", self.atol)
+        kwargs.update(self._conditions(condition, guidance))
         return ProbabilityFlowDistribution(self.flow, self.prior, self.grid, **kwargs)
 

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from sdeflow.conditioning import split_batch
 from sdeflow.couplings import Coupling
 from sdeflow.distributions import (
     ProbabilityFlowDistribution,
@@ -76,6 +77,10 @@ class PathMatchingModel(GenerativeModel):
         time: The law of the training times (default ``UniformTime(grid.t0, grid.t1)``).
         coupling: Data-noise pairing (default independent; ``MinibatchOTCoupling()``).
         rtol, atol: The adaptive ODE solver's tolerances (sampling, likelihood).
+        p_uncond: For a conditional ``net`` (:mod:`sdeflow.conditioning`): the probability of
+            training a sample on the null condition (classifier-free guidance).
+        guidance: The guidance scale of calls with a condition and no ``guidance=`` (0: the
+            unconditional model, 1: the conditional one, > 1: guided).
 
     Example:
         >>> import torch
@@ -101,6 +106,8 @@ class PathMatchingModel(GenerativeModel):
         coupling: Coupling | None = None,
         rtol: float = 1e-5,
         atol: float = 1e-5,
+        p_uncond: float = 0.0,
+        guidance: float = 1.0,
     ) -> None:
         super().__init__()
         require_affine_path(path, "PathMatchingModel")
@@ -117,7 +124,8 @@ class PathMatchingModel(GenerativeModel):
         self.prior = StandardNormal(tuple(state_shape), scale=float(sigma1))
         self.objective = PathMatching(path, net, target=target, weighting=weighting,
                                       time=UniformTime(grid.t0, grid.t1) if time is None
-                                      else time, coupling=coupling)
+                                      else time, coupling=coupling, p_uncond=p_uncond)
+        self.guidance = float(guidance)
         self.ode = PathODE(path, net, target)
         self.stochastic = _has_sde_form(path, grid)
         # the reverse family of the converted score, kept out of the module tree (its tensors
@@ -136,42 +144,52 @@ class PathMatchingModel(GenerativeModel):
         """The model's grid (:math:`t_0` the data's, :math:`t_1` the prior's)."""
         return TimeGrid(self.grid_ts)
 
-    def loss(self, batch: Tensor, step: int) -> tuple[Tensor, dict[str, float]]:
-        terms = self.objective(batch)
+    def loss(self, batch: Tensor | tuple[Tensor, Tensor], step: int
+             ) -> tuple[Tensor, dict[str, float]]:
+        x, condition = split_batch(batch)
+        terms = self.objective(x, condition=condition)
         return terms.loss, {"path_matching": float(terms.loss.detach())}
 
     @torch.no_grad()
-    def sample(self, n: int, *, lam: float = 1.0, grid: TimeGrid | None = None) -> Tensor:
+    def sample(self, n: int, *, lam: float = 1.0, grid: TimeGrid | None = None,
+               condition: Tensor | None = None, guidance: float | None = None) -> Tensor:
         r"""``n`` samples. ``lam = 0``, or any ``lam`` on a path without an SDE form (the linear
         and cosine paths to :math:`t = 1`, where only the ODE is defined, as for a flow): the
         probability-flow ODE :math:`dx/dt = v` from the prior down to :math:`t_0`, adaptively
         (``rtol``, ``atol``), or by Euler steps on ``grid``. ``lam > 0`` on a path with an SDE
         form: the reverse family with noise scale ``lam`` on ``grid`` (default: the model's),
-        last step noise-free."""
+        last step noise-free. With a ``condition`` (``(n,)`` labels, ``(n, k)`` vectors, or one
+        for all), the network is guided by ``guidance`` (default: the model's)."""
+        call = self._conditions(condition, guidance, n)
         if lam == 0 or not self.stochastic:
             if grid is None:
-                law = self.distribution()
+                law = self.distribution(**call)
             else:
-                law = self.distribution(grid=grid, method="euler")
-            return law.sample((n,))
+                law = self.distribution(grid=grid, method="euler", **call)
+            return law.sample(() if call else (n,))
         return sample(self.reverse.with_lam(lam), self.prior, self.grid if grid is None else grid,
-                      (n,))
+                      (n,), **call)
 
-    def log_likelihood(self, x: Tensor, **ode_kwargs: Any) -> Tensor:
-        ode_kwargs = {"rtol": self.rtol, "atol": self.atol, **ode_kwargs}
+    def log_likelihood(self, x: Tensor, *, condition: Tensor | None = None,
+                       guidance: float | None = None, **ode_kwargs: Any) -> Tensor:
+        ode_kwargs = {"rtol": self.rtol, "atol": self.atol, **ode_kwargs,
+                      **self._conditions(condition, guidance)}
         return ode_log_likelihood(self.ode, self.prior, self.grid, x, **ode_kwargs).log_prob
 
     @torch.no_grad()
-    def nelbo(self, x: Tensor) -> Tensor:
+    def nelbo(self, x: Tensor, *, condition: Tensor | None = None,
+              guidance: float | None = None) -> Tensor:
         """The trajectory negative ELBO of the reverse SDE's Euler–Maruyama chain on the model's
         grid where the path has an SDE form; else the exact NLL through the ODE
         (:attr:`nelbo_kind` says which)."""
+        call = self._conditions(condition, guidance)
         if self.stochastic:
-            return DiffFlowObjective(self.reverse, self.prior)(x, self.grid).nelbo
-        return -self.log_likelihood(x)
+            return DiffFlowObjective(self.reverse, self.prior)(x, self.grid, **call).nelbo
+        return -self.log_likelihood(x, **call)
 
     def distribution(self, law: str = "probability_flow", *, lam: float = 1.0,
-                     grid: TimeGrid | None = None, **kwargs: Any
+                     grid: TimeGrid | None = None, condition: Tensor | None = None,
+                     guidance: float | None = None, **kwargs: Any
                      ) -> ProbabilityFlowDistribution | SDESamplerDistribution:
         """The model as a distribution over :math:`x_0` (:meth:`GenerativeModel.distribution`):
         the probability-flow ODE (the model's ``rtol``/``atol`` by default), or, where the path
@@ -188,6 +206,7 @@ class PathMatchingModel(GenerativeModel):
             (torch.Size([3, 2]), torch.Size([3]))
         """
         grid = self.grid if grid is None else grid
+        kwargs.update(self._conditions(condition, guidance))
         if check_law(law) == "probability_flow":
             kwargs = {"rtol": self.rtol, "atol": self.atol, **kwargs}
             return ProbabilityFlowDistribution(self.ode, self.prior, grid, **kwargs)

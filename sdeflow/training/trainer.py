@@ -34,7 +34,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from sdeflow.training.batches import BatchSource
+from sdeflow.training.batches import BatchSource, batch_to
 from sdeflow.training.checkpoint import kept_checkpoint_path, load_checkpoint, save_checkpoint
 from sdeflow.training.distributed import DistributedContext, select_device
 from sdeflow.training.ema import EMA
@@ -64,7 +64,8 @@ class Trainer:
 
     Arguments:
         model: A module with ``loss(batch, step)``; see :mod:`sdeflow.training.models`.
-        data: A :class:`~sdeflow.training.batches.BatchSource` (e.g. ``TensorBatches``).
+        data: A :class:`~sdeflow.training.batches.BatchSource` (e.g. ``TensorBatches``; its
+            batches may be pairs ``(x, y)``, passed whole to a conditional model's ``loss``).
         steps: Total number of optimizer steps.
         optimization: The optimizer, LR schedule and clipping (default :class:`Optimization`:
             Adam(1e-3), a constant learning rate, gradient norm clipped to 1).
@@ -413,7 +414,7 @@ class Trainer:
 
     def _train_step(self, step: int) -> dict[str, Any]:
         self.model.train()
-        batch = self.data.next_batch().to(self.device, non_blocking=True)
+        batch = batch_to(self.data.next_batch(), self.device)
         autocast = (torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.amp
                     else contextlib.nullcontext())
         with autocast:
