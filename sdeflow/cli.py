@@ -7,20 +7,20 @@ r"""The ``sdeflow`` command (also ``python -m sdeflow``): one way in for every r
     sdeflow sample RUN [--steps N] [--lam L] [--n K] [--out FILE.png|.npz]
     sdeflow evaluate RUN
 
-``train`` trains a preset (:data:`sdeflow.recipes.RECIPES`: ``toy-2d`` on any built-in 2D data
-set, ``mnist``, ``cifar-a``, ``cifar-b``, ``sdeflow-cifar``) into a run folder
-(:mod:`sdeflow.runs.folder`); re-running the same command resumes it, a changed recipe is
-refused with the differing keys, and Ctrl-C saves a checkpoint. Under ``torchrun`` every process
-trains ``train.batch_size`` examples per step, as the official code. ``toy`` is ``train
---preset toy-2d`` scaled to a few minutes on two CPU cores (500 steps of batch 1000 on 100k
-points). ``sample`` draws from a saved run; ``evaluate`` computes a 2D run's exact NLL, ELBO and
-density, an image run's FID against the number of steps and bits/dim.
+``train`` trains a preset (:data:`sdeflow.recipes.RECIPES`: ``toy-2d`` and ``toy-2d-fast`` on
+any built-in 2D data set, ``mnist``, ``cifar-a``, ``cifar-b``, ``sdeflow-cifar``, ...) into a
+run folder (:mod:`sdeflow.runs.folder`); re-running the same command resumes it, a changed
+recipe is refused with the differing keys, and Ctrl-C saves a checkpoint. Under ``torchrun``
+every process trains ``train.batch_size`` examples per step, as the official code. ``toy`` is
+``train --preset toy-2d-fast`` (DiffFlow; ``--recipe paper``, the score model and the flow:
+``toy-2d``) scaled to a few minutes on two CPU cores (:mod:`sdeflow.runs.toy`). ``sample`` draws
+from a saved run; ``evaluate`` computes a 2D run's exact NLL, ELBO and density, an image run's
+FID against the number of steps and bits/dim.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from collections.abc import Sequence
@@ -29,18 +29,11 @@ from typing import Any
 
 import torch
 
-__all__ = ["main", "build_parser", "toy_overrides", "MODELS", "TOY_DEFAULTS"]
+from sdeflow.runs.toy import MODELS, TOY_DEFAULTS, TOY_FAST, TOY_RECIPES, toy_overrides, toy_preset
 
-#: The model families ``sdeflow toy --model`` trains.
-MODELS: tuple[str, ...] = ("diffflow", "score", "flow")
-#: ``sdeflow toy``'s scale: the official 2D recipe (3000 steps of batch 5000 on 500k points)
-#: shrunk to a few minutes of two CPU cores, per family (a score-matching step evaluates the
-#: network once, a DiffFlow step 2N + 1 times, a flow step N Jacobians).
-TOY_DEFAULTS: dict[str, dict[str, Any]] = {
-    "diffflow": {"steps": 500, "batch_size": 1000, "lr": 1e-2, "n_grid": 80},
-    "score": {"steps": 15000, "batch_size": 1000, "lr": 5e-3, "n_grid": 48},
-    "flow": {"steps": 500, "batch_size": 500, "lr": 1e-2, "n_grid": 80},
-}
+__all__ = ["main", "build_parser", "toy_overrides", "toy_preset", "MODELS", "TOY_DEFAULTS",
+           "TOY_FAST"]
+
 _EXIT_INTERRUPTED = {"SIGINT": 130, "SIGTERM": 143}
 
 
@@ -177,17 +170,24 @@ def _add_toy(commands) -> None:
 
     p = commands.add_parser(
         "toy", help="the 2D preset, short: train, then samples, density, metrics",
-        description="sdeflow train --preset toy-2d scaled to a few minutes of two CPU cores: "
-        "the official 2D recipe (N = 30 power-0.9 grid on [1e-3, 0.05], fixed, g = 0.2, "
-        "Fourier MLPs 128 x 3, Adam 1e-2, StepLR 0.95 every 2 of 30 epochs, clipping 1.0, EMA "
-        "0.999) with 500 steps of batch 1000 on 100k points, fp32, plain backpropagation. "
-        "Writes samples.png, density.png, loss.png, metrics.json and checkpoints to OUT.")
+        description="sdeflow train --preset toy-2d-fast scaled to a few minutes of two CPU "
+        "cores: DiffFlow (N ramped 5 -> 30 on the paper's power-0.9 grid on [1e-3, 0.05], "
+        "jittered, g = 0.2, Fourier MLPs 64 x 3, Adam 1e-2 decaying linearly to 10%%, clipping "
+        "1.0, EMA 0.999) with 1500 steps of batch 1000 on 100k points, fp32, plain "
+        "backpropagation. --recipe paper (and --model score, flow): toy-2d, the official 2D "
+        "recipe (N = 30, fixed grid, Fourier MLPs 128 x 3, StepLR 0.95 every 2 of 30 epochs), "
+        "500 steps. Writes samples.png, density.png, loss.png, metrics.json and checkpoints "
+        "to OUT.")
     p.add_argument("--dataset", default="checkerboard", choices=TOY_DATASETS, metavar="NAME",
                    help="one of: " + ", ".join(TOY_DATASETS) + " (default: %(default)s)")
     p.add_argument("--model", default="diffflow", choices=MODELS,
                    help="model family (default: %(default)s)")
+    p.add_argument("--recipe", choices=tuple(TOY_RECIPES), default=None,
+                   help="DiffFlow's training recipe: fast (the default: toy-2d-fast) or paper "
+                        "(toy-2d); the score model and the flow train toy-2d")
     p.add_argument("--steps", type=_positive_int, default=None,
-                   help="optimizer steps (default: " + _per_model("steps") + "; paper: 3000)")
+                   help="optimizer steps (default: diffflow " + str(TOY_FAST["steps"])
+                        + " (fast), " + _per_model("steps") + "; paper: 3000)")
     p.add_argument("--batch-size", type=_positive_int, default=None,
                    help="batch size (default: " + _per_model("batch_size") + "; paper: 5000)")
     p.add_argument("--lr", type=_positive_float, default=None,
@@ -196,14 +196,16 @@ def _add_toy(commands) -> None:
                    help="DiffFlow's gradient strategy by name (default: %(default)s; adjoint: "
                         "the paper's, memory flat in N; sharded, sharded-adjoint: batch slices "
                         "in parallel CPU threads)")
-    p.add_argument("--lr-step-epochs", type=_positive_int, default=2,
-                   help="decay the learning rate by 0.95 every this many of the run's 30 "
-                        "'epochs' (default: %(default)s, the official StepLR)")
-    p.add_argument("--jitter", action=argparse.BooleanOptionalAction, default=False,
-                   help="train on the jittered grid (default: %(default)s, the official fixed "
-                        "grid)")
-    p.add_argument("--width", type=_positive_int, default=128, help="MLP width (128)")
-    p.add_argument("--depth", type=_positive_int, default=3, help="MLP hidden layers (3)")
+    p.add_argument("--lr-step-epochs", type=_positive_int, default=None,
+                   help="toy-2d: decay the learning rate by 0.95 every this many of the run's "
+                        "30 'epochs' (default: 2, the official StepLR)")
+    p.add_argument("--jitter", action=argparse.BooleanOptionalAction, default=None,
+                   help="train on a grid jittered every step (default: the recipe's; fast: "
+                        "jittered, paper: the official fixed grid)")
+    p.add_argument("--width", type=_positive_int, default=None,
+                   help="MLP width (default: the recipe's; fast 64, paper 128)")
+    p.add_argument("--depth", type=_positive_int, default=None,
+                   help="MLP hidden layers (default: the recipe's, 3)")
     p.add_argument("--n-train", type=_positive_int, default=100_000,
                    help="training points (default: %(default)s; paper: 500000)")
     p.add_argument("--n-test", type=_positive_int, default=2000,
@@ -323,25 +325,6 @@ def _per_model(key: str) -> str:
 
 
 # -- the commands -----------------------------------------------------------------------------
-def toy_overrides(args: argparse.Namespace) -> list[str]:
-    """The ``toy-2d`` recipe entries ``sdeflow toy``'s flags set (before its ``--set``)."""
-    defaults = TOY_DEFAULTS[args.model]
-    steps = args.steps or defaults["steps"]
-    return [
-        f"model.family={args.model}", f"data.dataset={args.dataset}",
-        f"data.train_size={args.n_train}", f"data.val_size={args.n_test}",
-        f"train.iterations={steps}",
-        f"train.batch_size={args.batch_size or defaults['batch_size']}",
-        f"optimizer.lr={args.lr or defaults['lr']}",
-        f"optimizer.lr_step_epochs={args.lr_step_epochs}",
-        f"train.precision={args.precision}", f"train.gradient={json.dumps(args.gradient)}",
-        "train.ema_warmup=true", "train.ema_start=0",
-        f"grid.jitter={str(args.jitter).lower()}",
-        *(f"{net}.{key}={getattr(args, key)}" for net in ("drift", "score")
-          for key in ("width", "depth")),
-    ]
-
-
 def _trainer_options(args: argparse.Namespace) -> dict[str, Any]:
     from sdeflow.training import Checkpointing, Logging, Plots
 
@@ -423,7 +406,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command in ("train", "toy"):
             if args.command == "toy":
-                preset = "toy-2d"
+                preset = toy_preset(args)
                 overrides = toy_overrides(args) + list(args.overrides)
                 args.n_grid = args.n_grid or TOY_DEFAULTS[args.model]["n_grid"]
                 out = args.out or Path("runs") / f"toy-{args.dataset}-{args.model}"

@@ -3,6 +3,7 @@ short form ``toy``, ``sample`` and ``evaluate``, and runs that are never lost.""
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -34,9 +35,10 @@ def _restore_threads():
     torch.set_num_threads(threads)
 
 
-def toy(out: Path, *extra: str, steps: int = 3) -> list[str]:
+def toy(out: Path, *extra: str, steps: int = 3, recipe: str | None = None) -> list[str]:
+    chosen = [] if recipe is None else ["--recipe", recipe]
     return ["toy", "--steps", str(steps), *TINY, "--checkpoint-every", "2", "--out", str(out),
-            *extra]
+            *chosen, *extra]
 
 
 def records(out: Path) -> list[dict]:
@@ -70,7 +72,8 @@ def test_toy_end_to_end(tmp_path, model):
     log_det = metrics["log_abs_det_preprocessing"]
     assert metrics["nll_ode_nats_data"] == pytest.approx(metrics["nll_ode_nats"] - log_det)
     config = json.loads((out / "config.json").read_text())
-    assert config["preset"] == "toy-2d" and config["recipe"]["model"]["family"] == model
+    preset = "toy-2d-fast" if model == "diffflow" else "toy-2d"  # sdeflow toy's default recipe
+    assert config["preset"] == preset and config["recipe"]["model"]["family"] == model
     assert config["recipe"]["train"]["batch_size"] == 64 and metrics["n_test"] == 64
     assert load_checkpoint(out / "checkpoint.pt")["step"] == 3
     assert loss_steps(out) == [1, 2, 3]
@@ -78,9 +81,9 @@ def test_toy_end_to_end(tmp_path, model):
 
 @pytest.mark.slow
 def test_train_preset_equals_the_toy_short_form(tmp_path):
-    """``sdeflow toy`` is ``sdeflow train --preset toy-2d`` with its overrides: identical
-    metrics and weights."""
-    assert main(toy(tmp_path / "toy", "--dataset", "moons")) == 0
+    """``sdeflow toy --recipe paper`` is ``sdeflow train --preset toy-2d`` with its overrides:
+    identical metrics and weights."""
+    assert main(toy(tmp_path / "toy", "--dataset", "moons", "--recipe", "paper")) == 0
     sets = ["model.family=diffflow", "data.dataset=moons", "data.train_size=512",
             "data.val_size=64", "train.iterations=3", "train.batch_size=64",
             "optimizer.lr=0.01", "train.precision=fp32", "train.gradient=backprop",
@@ -97,19 +100,45 @@ def test_train_preset_equals_the_toy_short_form(tmp_path):
     assert loss_steps(tmp_path / "toy") == loss_steps(tmp_path / "train") == [1, 2, 3]
 
 
+def test_toy_fast_is_the_fast_preset_with_its_overrides(tmp_path):
+    """``sdeflow toy`` (DiffFlow's default, ``--recipe fast``) trains ``toy-2d-fast``: its ramp
+    of N, jittered grid and linear LR decay, at the command's sizes."""
+    assert main(toy(tmp_path / "run", "--dataset", "moons", steps=2)) == 0
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    recipe = config["recipe"]
+    assert config["preset"] == "toy-2d-fast"
+    assert recipe["schedule"] == {"kind": "ramp", "n_start": 5, "n_end": 30,
+                                  "ramp_fraction": 0.7}
+    assert recipe["grid"]["jitter"] is True and recipe["optimizer"]["lr_schedule"] == "linear"
+    assert (recipe["drift"]["width"], recipe["train"]["iterations"]) == (16, 2)  # TINY, steps
+
+
+@pytest.mark.parametrize("extra, match", [
+    (["--model", "score", "--recipe", "fast"], "--recipe fast trains DiffFlow"),
+    (["--lr-step-epochs", "3"], "--lr-step-epochs sets toy-2d's StepLR"),
+])
+def test_toy_recipe_errors(tmp_path, capsys, extra, match):
+    assert main(toy(tmp_path / "run", *extra, steps=1)) == 1
+    assert match in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.slow
 def test_rerun_resumes_exactly_and_says_so(tmp_path, capsys):
-    assert main(toy(tmp_path / "full", steps=4)) == 0
+    # the paper recipe: its StepLR at these sizes does not depend on the run's length, so the
+    # extended run equals the longer one (the fast recipe's LR decay and ramp of N stretch)
+    paper = functools.partial(toy, recipe="paper")
+    assert main(paper(tmp_path / "full", steps=4)) == 0
     split = tmp_path / "split"
-    assert main(toy(split, steps=2)) == 0
+    assert main(paper(split, steps=2)) == 0
     capsys.readouterr()
-    assert main(toy(split, steps=4)) == 0  # the same command with more steps: extends
+    assert main(paper(split, steps=4)) == 0  # the same command with more steps: extends
     assert f"extending {split} from 2 to 4 iterations, at step 2" in capsys.readouterr().err
     assert same_weights(tmp_path / "full", split)
     assert loss_steps(split) == [1, 2, 3, 4]
-    assert main(toy(split, steps=4)) == 0  # finished: nothing to train
+    assert main(paper(split, steps=4)) == 0  # finished: nothing to train
     assert "is finished (step 4 of 4)" in capsys.readouterr().err
-    assert main(toy(split, steps=3)) == 1  # would end before the checkpoint
+    assert main(paper(split, steps=3)) == 1  # would end before the checkpoint
     assert "is at step 4; train.iterations=3 would end before it" in capsys.readouterr().err
 
 

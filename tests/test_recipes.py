@@ -45,7 +45,7 @@ def _common(recipe: dict) -> None:
 
 def test_recipe_names() -> None:
     assert set(RECIPES) == {"toy-2d", "mnist", "cifar-a", "cifar-b", "sdeflow-cifar",
-                            "flow-matching", "flow-matching-cifar"}
+                            "toy-2d-fast", "flow-matching", "flow-matching-cifar"}
     for name in RECIPES:
         assert load_recipe(name)["name"] == name
     with pytest.raises(ValueError, match="recipe must be one of"):
@@ -143,6 +143,26 @@ def test_cifar_b_is_design_section_4() -> None:
         (100, 100, 50_000)
     assert (r["data"]["dataset"], r["data"]["random_flip"], r["data"]["dequantize"]) == \
         ("cifar10", True, False)
+
+
+def test_toy_2d_fast_is_toy_2d_trained_differently() -> None:
+    """The fast 2D recipe changes how DiffFlow trains, never what it is: the same family,
+    process, grid (jittered), final N and network kind as the paper's toy-2d."""
+    fast, paper = load_recipe("toy-2d-fast"), load_recipe("toy-2d")
+    assert fast["official"] is False
+    for section in ("model", "process"):
+        assert {k: fast[section][k] for k in fast[section]} == \
+            {k: paper[section][k] for k in fast[section]}
+    assert {k: v for k, v in fast["grid"].items() if k != "jitter"} == \
+        {k: v for k, v in paper["grid"].items() if k != "jitter"}
+    assert fast["schedule"] == {"kind": "ramp", "n_start": 5, "n_end": 30, "ramp_fraction": 0.7}
+    assert paper["schedule"] == {"kind": "fixed", "n": 30}
+    for net in ("drift", "score"):
+        assert (fast[net]["net"], fast[net]["width"], fast[net]["depth"]) == \
+            ("fourier_mlp", 64, 3)
+    assert (fast["optimizer"]["lr_schedule"], fast["optimizer"]["lr_final"]) == ("linear", 0.1)
+    model = build_model(fast)
+    assert model.grid.n_steps == 30 and type(model).__name__ == "DiffFlowModel"
 
 
 def test_sdeflow_cifar_is_marked_as_its_own() -> None:

@@ -64,7 +64,7 @@ __all__ = ["RECIPES", "load_recipe", "apply_overrides", "validate_recipe", "pars
 
 #: The recipe names, official ones first.
 RECIPES: tuple[str, ...] = ("toy-2d", "mnist", "cifar-a", "cifar-b", "sdeflow-cifar",
-                             "flow-matching", "flow-matching-cifar")
+                             "toy-2d-fast", "flow-matching", "flow-matching-cifar")
 
 _NUMBER = (int, float)
 #: The keys of the sections that name no replaceable part, with their types. The tables that

@@ -217,7 +217,9 @@ def plan_run(out: str | os.PathLike, config: Mapping[str, Any], *,
             raise RunError(f"{out} is at step {step}; train.iterations={iterations} would end "
                            f"before it (it was {grown[0]}); pass --overwrite to start afresh")
         return RunPlan("extend", out, step, f"extending {out} from {grown[0]} to {iterations} "
-                                            f"iterations, at step {step}")
+                                            f"iterations, at step {step} (schedules over the "
+                                            f"iterations, an LR decay or a ramp of N, follow "
+                                            f"the new length from here)")
     if step >= iterations:
         return RunPlan("finished", out, step, f"{out} is finished (step {step} of "
                                               f"{iterations})")
