@@ -277,3 +277,69 @@ def test_gpu_summary_marks_targets(tmp_path: Path) -> None:
     assert any(line.startswith("| 2D train step | Backprop,") and "not met" in line
                for line in lines)
     assert (tmp_path / "summary.md").read_text() == text
+
+
+# -- time_to_quality.py --------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def ttq():
+    return _load("time_to_quality")
+
+
+def test_time_to_quality_schedules(ttq) -> None:
+    ramp = ttq.Arm(n=(5, 30, 0.5))
+    assert [ttq.n_at(ramp, f) for f in (0.0, 0.25, 0.5, 1.0)] == [5, 18, 30, 30]
+    assert ttq.n_at(ttq.Arm(n=10), 0.7) == 10
+    linear, cosine = ttq.Arm(lr=1.0), ttq.Arm(lr=1.0, schedule="cosine", warmup=0.1)
+    assert [ttq.lr_at(linear, f) for f in (0.0, 0.5, 1.0)] == pytest.approx([1.0, 0.55, 0.1])
+    assert [ttq.lr_at(cosine, f) for f in (0.05, 0.1, 1.0)] == pytest.approx([0.5, 1.0, 0.1])
+
+
+def test_warm_start_targets_are_the_paths_drift_and_score(ttq) -> None:
+    r"""For Gaussian data :math:`x_0 \sim N(0, s^2 I)` the linear path on :math:`[t_0, t_1]` has
+    :math:`\operatorname{var}_u = (1-u)^2 s^2 + u^2`, score :math:`-x / \operatorname{var}_u` and
+    the forward drift with its marginals :math:`f^* = [(u - (1-u) s^2) / \Delta - g^2/2]\,x /
+    \operatorname{var}_u`: the warm-start loss is stationary there (its derivative along a
+    scaling of each network vanishes), and not at a scaled field."""
+    cfg = ttq.Config()
+    model = ttq.RampedDiffFlow(cfg)
+    s, delta = 0.7, cfg.t1 - cfg.t0
+
+    class Field(torch.nn.Module):
+        def __init__(self, kind: str) -> None:
+            super().__init__()
+            self.kind, self.c = kind, torch.nn.Parameter(torch.tensor(1.0, dtype=torch.float64))
+
+        def forward(self, x, t):
+            u = ((t - cfg.t0) / delta).to(x.dtype)[:, None]
+            var = (1 - u) ** 2 * s**2 + u**2
+            if self.kind == "score":
+                return self.c * (-x / var)
+            return self.c * (((u - (1 - u) * s**2) / delta - 0.5 * cfg.g**2) * x / var)
+
+    model.drift, model.score = Field("drift"), Field("score")
+    x = s * torch.randn(400_000, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+
+    def grads(c: float) -> tuple[float, float]:
+        for f in (model.drift, model.score):
+            f.c.data.fill_(c)
+            f.c.grad = None
+        model.warm_loss(x, torch.Generator().manual_seed(2)).backward()
+        return float(model.drift.c.grad), float(model.score.c.grad)
+
+    at_optimum, scaled = grads(1.0), grads(1.2)
+    for g0, g1 in zip(at_optimum, scaled):
+        assert abs(g0) < 0.02 * abs(g1), (at_optimum, scaled)
+
+
+def test_time_to_quality_quick_run_writes_curves(ttq, tmp_path: Path) -> None:
+    assert ttq.main(["--quick", "--datasets", "moons", "--arms", "fast", "warm", "fm",
+                     "--out", str(tmp_path)]) == 0
+    payload = json.loads((tmp_path / "time_to_quality.json").read_text())
+    rows = payload["results"]["moons"]
+    assert set(rows) == {"fast", "warm", "fm"} and payload["budget_seconds"] == 3.0
+    for row in rows.values():
+        curve = row["curve"]
+        assert row["steps"] > 0 and len(curve["seconds"]) == 2
+        assert curve["seconds"] == sorted(curve["seconds"]) and all(
+            torch.isfinite(torch.tensor(curve["nll"])))
+    assert "| moons |" in (tmp_path / "time_to_quality.md").read_text()
