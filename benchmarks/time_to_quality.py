@@ -21,19 +21,26 @@ score, ``g = 0.2``, power-0.9 grid on ``[1e-3, 0.05]``, the trajectory KL):
 ``batch250``, ``n10``, ``w64``, ``lr1e-2``, ``cosine``, ``exp0.7``
     One lever each: batch 250; N = 10 fixed; width 64; lr 1e-2; a 5% linear warm-up then a cosine
     decay to 10%; grid exponent 0.7.
+``ramp-lr``, ``ramp-lr-w64``, ``ramp-lr-b500``, ``ramp-lr-w64-b500``
+    Combinations of the levers that helped alone.
 ``fast``
-    The best combination found (see ``docs/benchmarks.md``).
+    The best combination measured, ``ramp-lr-w64`` (the preset ``toy-2d-fast``).
+``warm``, ``fast-warm``, ``warm-only``
+    A simulation-free warm start by path matching (:meth:`RampedDiffFlow.warm_loss`) for the
+    first 10% of the budget before the paper's or the fast recipe, or for all of it.
 
-Other arms: ``nsf`` (zuko NSF, lr 1e-3 tuned on the checkerboard among 3e-4, 1e-3, 3e-3 in
-``toy_nll.py``'s earlier runs; 5 transforms of 128 x 3), ``score`` (VP SDE + DSM, FourierMLP 128 x
-3), ``fm`` and ``fm-ot`` (path matching on the linear path, velocity target, FourierMLP 128 x 3,
+Other arms: ``nsf`` (zuko NSF, 5 transforms of 128 x 3, lr 1e-3: zuko's usual rate, as in
+``toy_nll.py``; not tuned here), ``score`` (VP SDE + DSM, FourierMLP 128 x 3, lr 2e-3),
+``fm`` and ``fm-ot`` (path matching on the linear path, velocity target, FourierMLP 128 x 3,
 batch 1,000, lr 2e-3, the independent and the minibatch-OT coupling).
 
 Writes ``time_to_quality.json``, ``time_to_quality.md`` and one ``time_to_quality_<set>.png``
 (curves) per data set under ``--out`` (default ``benchmarks/results``)::
 
-    python benchmarks/time_to_quality.py --budget-seconds 600 --threads 1 \
+    python benchmarks/time_to_quality.py --budget-seconds 300 --threads 1 \
         --datasets checkerboard 2spirals olympic sierpinski --arms fast paper nsf score
+    python benchmarks/time_to_quality.py --budget-seconds 150 --datasets checkerboard \
+        --arms paper ramp batch250 n10 w64 lr1e-2 cosine exp0.7 nsf --tag _ablation
     python benchmarks/time_to_quality.py --quick            # smoke run, seconds
 """
 
