@@ -93,6 +93,7 @@ class Arm:
     exponent: float = 0.9
     coupling: str = "independent"
     warm: float = 0.0             # DiffFlow: fraction of the budget spent on the warm start
+    compile: bool = False         # DiffFlow: torch.compile the drift and score networks
 
 
 ARMS: dict[str, Arm] = {
@@ -112,6 +113,7 @@ ARMS: dict[str, Arm] = {
     "warm-only": Arm(warm=1.0),
     "fast": Arm(n=(5, 30, 0.7), lr=1e-2, width=64),
     "fast-warm": Arm(n=(5, 30, 0.7), lr=1e-2, width=64, warm=0.1),
+    "fast-compile": Arm(n=(5, 30, 0.7), lr=1e-2, width=64, compile=True),
     "nsf": Arm(model="nsf", lr=1e-3),
     "score": Arm(model="score", lr=2e-3),
     "fm": Arm(model="path", lr=2e-3),
@@ -196,7 +198,14 @@ def build(arm: Arm, cfg: Config) -> nn.Module:
     cfg = replace(cfg, width=arm.width, exponent=arm.exponent,
                   n_steps=n_at(arm, 0.0) if arm.model == "diffflow" else cfg.n_steps)
     if arm.model == "diffflow":
-        return RampedDiffFlow(cfg)
+        model = RampedDiffFlow(cfg)
+        if arm.compile:  # the compiled modules share the parameters (and the EMA copies them)
+            import torch._functorch.config as functorch_config
+
+            # the likelihood's divergence differentiates the networks with retain_graph=True
+            functorch_config.donated_buffer = False
+            model.drift, model.score = torch.compile(model.drift), torch.compile(model.score)
+        return model
     if arm.model == "path":
         return PathBench(cfg, arm.coupling)
     return {"nsf": NSFBench, "score": ScoreBench}[arm.model](cfg)
