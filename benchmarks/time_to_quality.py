@@ -30,9 +30,10 @@ score, ``g = 0.2``, power-0.9 grid on ``[1e-3, 0.05]``, the trajectory KL):
     first 10% of the budget before the paper's or the fast recipe, or for all of it.
 
 Other arms: ``nsf`` (zuko NSF, 5 transforms of 128 x 3, lr 1e-3: zuko's usual rate, as in
-``toy_nll.py``; not tuned here), ``score`` (VP SDE + DSM, FourierMLP 128 x 3, lr 2e-3),
-``fm`` and ``fm-ot`` (path matching on the linear path, velocity target, FourierMLP 128 x 3,
-batch 1,000, lr 2e-3, the independent and the minibatch-OT coupling).
+``toy_nll.py``; ``nsf-3e-4``, ``nsf-3e-3``: the rates of the tuning on the checkerboard, where
+3e-3 won), ``score`` (VP SDE + DSM, FourierMLP 128 x 3, lr 2e-3), ``fm`` and ``fm-ot`` (path
+matching on the linear path, velocity target, FourierMLP 128 x 3, batch 1,000, lr 2e-3, the
+independent and the minibatch-OT coupling).
 
 Writes ``time_to_quality.json``, ``time_to_quality.md`` and one ``time_to_quality_<set>.png``
 (curves) per data set under ``--out`` (default ``benchmarks/results``)::
@@ -115,6 +116,8 @@ ARMS: dict[str, Arm] = {
     "fast-warm": Arm(n=(5, 30, 0.7), lr=1e-2, width=64, warm=0.1),
     "fast-compile": Arm(n=(5, 30, 0.7), lr=1e-2, width=64, compile=True),
     "nsf": Arm(model="nsf", lr=1e-3),
+    "nsf-3e-4": Arm(model="nsf", lr=3e-4),
+    "nsf-3e-3": Arm(model="nsf", lr=3e-3),
     "score": Arm(model="score", lr=2e-3),
     "fm": Arm(model="path", lr=2e-3),
     "fm-ot": Arm(model="path", lr=2e-3, coupling="ot"),
