@@ -113,7 +113,26 @@ class ConditionEmbedding(nn.Module):
                 else f"condition_dim={self.condition_dim}")
 
 
-class ConditionalFourierMLP(FourierMLP):
+def _check_state(x: Tensor, dim: int, weight: Tensor, name: str) -> None:
+    """``x`` must be ``(batch, *state)`` with ``dim`` elements per state, finite, on ``weight``'s
+    device and dtype."""
+    if x.dim() < 2 or math.prod(x.shape[1:]) != dim:
+        raise ValueError(f"x must have shape (batch, *state) with {dim} elements per state, got "
+                         f"{tuple(x.shape)}")
+    _check_input(x, weight, name)
+
+
+class _NullCondition:
+    """``null_condition`` of a network holding a :class:`ConditionEmbedding`."""
+
+    condition_embedding: ConditionEmbedding
+
+    def null_condition(self, condition: Tensor) -> Tensor:
+        """See :meth:`ConditionEmbedding.null_condition`."""
+        return self.condition_embedding.null_condition(condition)
+
+
+class ConditionalFourierMLP(_NullCondition, FourierMLP):
     r""":class:`~sdeflow.nets.FourierMLP` with a condition embedding added to the time features:
 
     .. math:: h_0 = \sigma(W_x x + b_x + \mathrm{MLP}_t(\phi(t)) + E(y)),
@@ -142,17 +161,10 @@ class ConditionalFourierMLP(FourierMLP):
         self.condition_embedding = ConditionEmbedding(width, num_classes=num_classes,
                                                       condition_dim=condition_dim)
 
-    def null_condition(self, condition: Tensor) -> Tensor:
-        """See :meth:`ConditionEmbedding.null_condition`."""
-        return self.condition_embedding.null_condition(condition)
-
     def forward(self, x: Tensor, t: Tensor | float, condition: Tensor | None = None) -> Tensor:
         """``x`` ``(B, *state)``, ``t`` of shape ``()``, ``(1,)`` or ``(B,)``, ``condition``
         ``(B,)`` labels or ``(B, k)`` vectors (``None``: the null condition)."""
-        if x.dim() < 2 or math.prod(x.shape[1:]) != self.dim:
-            raise ValueError(f"x must have shape (batch, *state) with {self.dim} elements per "
-                             f"state, got {tuple(x.shape)}")
-        _check_input(x, self.input.weight, "ConditionalFourierMLP")
+        _check_state(x, self.dim, self.input.weight, "ConditionalFourierMLP")
         b = x.shape[0]
         t = time_batch(t, b, dtype=x.dtype, device=x.device)
         bias = self.time_mlp(self.time_features(t)) + self.condition_embedding(condition, b)
@@ -163,7 +175,7 @@ class ConditionalFourierMLP(FourierMLP):
         return f"dim={self.dim}, conditional"
 
 
-class ConditionalTimeMLP(TimeMLP):
+class ConditionalTimeMLP(_NullCondition, TimeMLP):
     r""":class:`~sdeflow.nets.TimeMLP` with a condition embedding added to its first layer:
     :math:`h_1 = \sigma(W_1 [x, t] + b_1 + E(y))`, the rest as :class:`~sdeflow.nets.TimeMLP`
     (same arguments, and ``num_classes`` or ``condition_dim``). Called ``net(x, t,
@@ -184,17 +196,10 @@ class ConditionalTimeMLP(TimeMLP):
         self.condition_embedding = ConditionEmbedding(width, num_classes=num_classes,
                                                       condition_dim=condition_dim)
 
-    def null_condition(self, condition: Tensor) -> Tensor:
-        """See :meth:`ConditionEmbedding.null_condition`."""
-        return self.condition_embedding.null_condition(condition)
-
     def forward(self, x: Tensor, t: Tensor | float, condition: Tensor | None = None) -> Tensor:
         """As :meth:`TimeMLP.forward <sdeflow.nets.TimeMLP.forward>`, with ``condition``
         ``(B,)`` labels or ``(B, k)`` vectors (``None``: the null condition)."""
-        if x.dim() < 2 or math.prod(x.shape[1:]) != self.dim:
-            raise ValueError(f"x must have shape (batch, *state) with {self.dim} elements per "
-                             f"state, got {tuple(x.shape)}")
-        _check_input(x, self.main[0].weight, "ConditionalTimeMLP")
+        _check_state(x, self.dim, self.main[0].weight, "ConditionalTimeMLP")
         b = x.shape[0]
         t = time_batch(t, b, dtype=x.dtype, device=x.device)
         h = torch.cat([x.reshape(b, self.dim), t.expand(b)[:, None]], dim=1)
