@@ -28,6 +28,15 @@ score, ``g = 0.2``, power-0.9 grid on ``[1e-3, 0.05]``, the trajectory KL):
 ``warm``, ``fast-warm``, ``warm-only``
     A simulation-free warm start by path matching (:meth:`RampedDiffFlow.warm_loss`) for the
     first 10% of the budget before the paper's or the fast recipe, or for all of it.
+``fast-ema995``, ``fast-lr2e-2``, ``fast-r90``, ``fast-r2``
+    ``fast`` with one more lever: EMA decay 0.995; lr 2e-2; the ramp over 90% of the budget;
+    the ramp from N = 2.
+``fast-anti``, ``fast-sub50``, ``fast-sub30``
+    Variance and cost of the estimator: antithetic noise paths (half the batch, each sample with
+    noise and its negation); the backward step terms, and so the score network, at only 50% or
+    30% of the steps, drawn per training step and reweighted (:class:`SubsampledSteps`).
+``fast-sharded``
+    ``fast`` under :class:`~sdeflow.gradients.Sharded` (one shard per thread; for ``--threads 2``).
 
 Other arms: ``nsf`` (zuko NSF, 5 transforms of 128 x 3, lr 1e-3: zuko's usual rate, as in
 ``toy_nll.py``; ``nsf-3e-4``, ``nsf-3e-3``: the rates of the tuning on the checkerboard, where
@@ -72,9 +81,10 @@ from toy_nll import (  # noqa: E402
     _span,
 )
 
-from sdeflow import LinearPath, PathMatching, PathODE, TimeGrid  # noqa: E402
+from sdeflow import DiffFlowObjective, LinearPath, PathMatching, PathODE, TimeGrid  # noqa: E402
 from sdeflow.couplings import IndependentCoupling, MinibatchOTCoupling  # noqa: E402
 from sdeflow.data import load_toy  # noqa: E402
+from sdeflow.gradients import Backprop, GradientStrategy, Sharded  # noqa: E402
 from sdeflow.likelihood import ode_log_likelihood  # noqa: E402
 from sdeflow.nets import FourierMLP  # noqa: E402
 
@@ -95,6 +105,10 @@ class Arm:
     coupling: str = "independent"
     warm: float = 0.0             # DiffFlow: fraction of the budget spent on the warm start
     compile: bool = False         # DiffFlow: torch.compile the drift and score networks
+    antithetic: bool = False      # DiffFlow: half the batch, each sample twice, noise and -noise
+    ema: float | None = None      # EMA decay (None: Config.ema, 0.999)
+    sharded: bool = False         # DiffFlow: Sharded(Backprop()), one shard per thread
+    score_steps: float = 1.0      # DiffFlow: fraction of the steps whose term (and score) is drawn
 
 
 ARMS: dict[str, Arm] = {
@@ -115,6 +129,14 @@ ARMS: dict[str, Arm] = {
     "fast": Arm(n=(5, 30, 0.7), lr=1e-2, width=64),
     "fast-warm": Arm(n=(5, 30, 0.7), lr=1e-2, width=64, warm=0.1),
     "fast-compile": Arm(n=(5, 30, 0.7), lr=1e-2, width=64, compile=True),
+    "fast-anti": Arm(n=(5, 30, 0.7), lr=1e-2, width=64, antithetic=True),
+    "fast-ema995": Arm(n=(5, 30, 0.7), lr=1e-2, width=64, ema=0.995),
+    "fast-lr2e-2": Arm(n=(5, 30, 0.7), lr=2e-2, width=64),
+    "fast-r90": Arm(n=(5, 30, 0.9), lr=1e-2, width=64),
+    "fast-r2": Arm(n=(2, 30, 0.7), lr=1e-2, width=64),
+    "fast-sub50": Arm(n=(5, 30, 0.7), lr=1e-2, width=64, score_steps=0.5),
+    "fast-sub30": Arm(n=(5, 30, 0.7), lr=1e-2, width=64, score_steps=0.3),
+    "fast-sharded": Arm(n=(5, 30, 0.7), lr=1e-2, width=64, sharded=True),
     "nsf": Arm(model="nsf", lr=1e-3),
     "nsf-3e-4": Arm(model="nsf", lr=3e-4),
     "nsf-3e-3": Arm(model="nsf", lr=3e-3),
@@ -148,6 +170,8 @@ class RampedDiffFlow(DiffFlowBench):
         super().__init__(cfg)
         self.n = cfg.n_steps
         self.warm = False
+        self.antithetic = False
+        self.gradient: GradientStrategy = Backprop()
 
     def warm_loss(self, x: Tensor, gen: torch.Generator) -> Tensor:
         r"""Simulation-free warm start by path matching: the linear path
@@ -173,7 +197,43 @@ class RampedDiffFlow(DiffFlowBench):
             return self.warm_loss(x, gen)
         if self.grid.n_steps != self.n:
             self.grid = TimeGrid.power(self.n, self.cfg.t0, self.cfg.t1, self.cfg.exponent)
-        return super().loss(x, gen)
+        reverse, prior = self.parts()
+        objective = DiffFlowObjective(reverse, prior, gradient=self.gradient)
+        if not self.antithetic:
+            return objective(x, self.grid.jitter(gen), generator=gen).loss
+        # antithetic noise paths: the first half of the batch, each sample with noise and -noise
+        # (the terms odd in the noise cancel within each pair)
+        half = x[: x.shape[0] // 2]
+        noise = torch.randn((self.grid.n_steps, *half.shape), generator=gen)
+        return objective(torch.cat([half, half]), self.grid.jitter(gen),
+                         noise=torch.cat([noise, -noise], dim=1)).loss
+
+
+class SubsampledSteps(GradientStrategy):
+    r"""Backprop through the forward trajectory, but the backward step terms (and with them the
+    score network) only at ``K = round(fraction N)`` steps drawn uniformly without replacement,
+    weighted by ``N / K``: an unbiased estimate of :math:`\sum_i \ell_i` and its gradient at
+    about ``(N + 1 + K) / (2N + 1)`` of the network passes. Needs the fused affine sweep (it
+    advances the trajectory itself at the steps left out); a benchmark lever, not library API."""
+
+    def __init__(self, fraction: float, gen: torch.Generator) -> None:
+        self.fraction, self.gen = fraction, gen
+
+    def __call__(self, sweep, x0: Tensor, params: tuple[Tensor, ...]) -> tuple[tuple, Tensor]:
+        n = sweep.n_steps
+        k = max(1, round(self.fraction * n))
+        chosen = set(torch.randperm(n, generator=self.gen)[:k].tolist())
+        carry, terms = sweep.init(x0), []
+        for i in range(n):
+            if i in chosen:
+                carry, term = sweep.step(i, carry)
+                terms.append(term * (n / k))
+                continue
+            x, f = carry
+            x_next = sweep.fwd.step(i, x, sweep.noise[i], drift=f)
+            carry = (x_next, sweep.forward_sde.drift(x_next, sweep.bwd.times[i]))
+            terms.append(x.new_zeros(x.shape[0]))
+        return carry, torch.stack(terms, -1)
 
 
 class PathBench(nn.Module):
@@ -202,6 +262,12 @@ def build(arm: Arm, cfg: Config) -> nn.Module:
                   n_steps=n_at(arm, 0.0) if arm.model == "diffflow" else cfg.n_steps)
     if arm.model == "diffflow":
         model = RampedDiffFlow(cfg)
+        model.antithetic = arm.antithetic
+        if arm.sharded:
+            model.gradient = Sharded()
+        if arm.score_steps < 1.0:
+            model.gradient = SubsampledSteps(arm.score_steps,
+                                             torch.Generator().manual_seed(cfg.seed + 1))
         if arm.compile:  # the compiled modules share the parameters (and the EMA copies them)
             import torch._functorch.config as functorch_config
 
@@ -234,7 +300,7 @@ def train(arm: Arm, model: nn.Module, train_x: Tensor, curve_x: Tensor, cfg: Con
     """Adam for ``budget`` seconds (the clock stops during the curve's evaluations)."""
     gen = torch.Generator().manual_seed(cfg.seed)
     opt = torch.optim.Adam(model.parameters(), lr=arm.lr)
-    ema = _EMA(model, cfg.ema)
+    ema = _EMA(model, cfg.ema if arm.ema is None else arm.ema)
     curve_cfg = replace(cfg, rtol=1e-4, atol=1e-4)
     curve, pending = Curve(), list(marks)
     steps, elapsed = 0, 0.0
@@ -311,7 +377,7 @@ def markdown(results: dict, arms: list[str], budget: float, threads: int) -> str
     return "\n".join(lines) + "\n"
 
 
-def plot(results: dict, out: Path) -> list[Path]:
+def plot(results: dict, out: Path, stem: str = "time_to_quality") -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -329,11 +395,38 @@ def plot(results: dict, out: Path) -> list[Path]:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         fig.tight_layout()
-        path = out / f"time_to_quality_{name}.png"
+        path = out / f"{stem}_{name}.png"
         fig.savefig(path, dpi=120)
         plt.close(fig)
         paths.append(path)
     return paths
+
+
+def merge(paths: list[Path], out: Path, stem: str) -> int:
+    """One table, JSON and set of curves from runs made side by side (one per core): their rows
+    joined per data set, in the order of ``paths``; the runs must share the budget."""
+    payloads = [json.loads(Path(path).read_text()) for path in paths]
+    budgets = {p["budget_seconds"] for p in payloads}
+    if len(budgets) != 1:
+        raise SystemExit(f"--merge: the runs have different budgets {sorted(budgets)}")
+    arms = list(dict.fromkeys(a for p in payloads for a in p["arms"]))
+    results: dict = {}
+    for p in payloads:
+        for name, rows in p["results"].items():
+            results.setdefault(name, {}).update(rows)
+    threads = payloads[0]["environment"]["threads"]
+    merged = {**payloads[0], "arms": arms, "results": results,
+              "merged_from": [str(path) for path in paths],
+              "arm_specs": {k: v for p in payloads for k, v in p["arm_specs"].items()},
+              "environments": [p["environment"] for p in payloads]}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(merged, indent=2))
+    table = markdown(results, arms, budgets.pop(), threads)
+    (out / f"{stem}.md").write_text(table)
+    pngs = plot(results, out, stem)
+    print(table)
+    print("wrote", out / f"{stem}.json", *pngs)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -349,7 +442,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="smoke run: seconds per arm")
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--tag", default="", help="suffix of the output files")
+    p.add_argument("--merge", nargs="+", type=Path, metavar="JSON",
+                   help="join the tables of runs made side by side (no training)")
     args = p.parse_args(argv)
+    if args.merge:
+        return merge(args.merge, args.out, f"time_to_quality{args.tag}")
     torch.set_num_threads(args.threads)
     cfg = Config(datasets=tuple(args.datasets))
     budget = args.budget_seconds
@@ -372,7 +469,7 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / f"{stem}.json").write_text(json.dumps(payload, indent=2, default=list))
     table = markdown(results, args.arms, budget, torch.get_num_threads())
     (args.out / f"{stem}.md").write_text(table)
-    pngs = plot(results, args.out) if not args.quick else []
+    pngs = plot(results, args.out, stem) if not args.quick else []
     (args.out / "time_to_quality.partial.json").unlink(missing_ok=True)
     print(table)
     print("wrote", args.out / f"{stem}.json", *pngs)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -329,6 +330,71 @@ def test_warm_start_targets_are_the_paths_drift_and_score(ttq) -> None:
     at_optimum, scaled = grads(1.0), grads(1.2)
     for g0, g1 in zip(at_optimum, scaled):
         assert abs(g0) < 0.02 * abs(g1), (at_optimum, scaled)
+
+
+def test_subsampled_steps_is_exact_at_all_steps_and_unbiased_at_half(ttq) -> None:
+    """The step-subsampling lever: with every step drawn it is Backprop to the last bit; with half
+    of them (weights N / K) its mean over draws is the full loss, in float64."""
+    cfg = ttq.Config()
+    model = ttq.RampedDiffFlow(replace(cfg, n_steps=6, width=16, depth=1)).double()
+    model.grid = ttq.TimeGrid.power(6, cfg.t0, cfg.t1, cfg.exponent, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 2, dtype=torch.float64, generator=gen)
+    noise = torch.randn(6, 64, 2, dtype=torch.float64, generator=gen)
+    reverse, prior = model.parts()
+    prior = prior.to(torch.float64)
+
+    def loss(gradient=None) -> torch.Tensor:
+        objective = ttq.DiffFlowObjective(reverse, prior, model.grid, gradient=gradient)
+        return objective(x, noise=noise).loss.detach()
+
+    full = loss()
+    assert loss(ttq.SubsampledSteps(1.0, torch.Generator())) == full
+    draw = torch.Generator().manual_seed(1)
+    half = torch.stack([loss(ttq.SubsampledSteps(0.5, draw)) for _ in range(400)])
+    assert half.std() > 0  # it does draw
+    assert abs(half.mean() - full) < 4 * half.std() / 20, (float(half.mean()), float(full))
+
+
+def test_antithetic_batch_pairs_each_sample_with_negated_noise(ttq, monkeypatch) -> None:
+    cfg = ttq.Config()
+    model = ttq.build(replace(ttq.ARMS["fast-anti"], width=16), replace(cfg, depth=1))
+    seen = {}
+
+    def spy(self, x0, grid=None, *, noise=None, generator=None, **kwargs):
+        seen.update(x0=x0, noise=noise)
+        return original(self, x0, grid, noise=noise, generator=generator, **kwargs)
+
+    original = ttq.DiffFlowObjective.forward
+    monkeypatch.setattr(ttq.DiffFlowObjective, "forward", spy)
+    x = torch.randn(10, 2)
+    model.loss(x, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(seen["x0"], torch.cat([x[:5], x[:5]]))
+    torch.testing.assert_close(seen["noise"][:, 5:], -seen["noise"][:, :5])
+
+
+def test_time_to_quality_merges_runs_made_side_by_side(ttq, tmp_path: Path) -> None:
+    def payload(arm: str, nll: float, budget: float = 150.0) -> dict:
+        curve = {"seconds": [75.0, 150.0], "steps": [10, 20], "nll": [nll + 0.1, nll],
+                 "nll_se": [0.01, 0.01]}
+        row = {"nll": nll, "nll_se": 0.004, "steps": 20, "curve": curve}
+        return {"budget_seconds": budget, "arms": [arm], "arm_specs": {arm: {}},
+                "environment": {"threads": 1}, "results": {"moons": {arm: row}}}
+
+    paths = []
+    for arm, nll in (("fast", 1.9), ("nsf-3e-3", 1.8)):
+        paths.append(tmp_path / f"{arm}.json")
+        paths[-1].write_text(json.dumps(payload(arm, nll)))
+    assert ttq.main(["--merge", *map(str, paths), "--out", str(tmp_path), "--tag", "_m"]) == 0
+    merged = json.loads((tmp_path / "time_to_quality_m.json").read_text())
+    assert merged["arms"] == ["fast", "nsf-3e-3"]
+    assert set(merged["results"]["moons"]) == {"fast", "nsf-3e-3"}
+    table = (tmp_path / "time_to_quality_m.md").read_text()
+    assert "| moons | 1.900 ± 0.004 (20) | **1.800 ± 0.004 (20)** |" in table
+    assert (tmp_path / "time_to_quality_m_moons.png").stat().st_size > 0
+    paths[1].write_text(json.dumps(payload("nsf-3e-3", 1.8, budget=300.0)))
+    with pytest.raises(SystemExit, match="different budgets"):
+        ttq.main(["--merge", *map(str, paths), "--out", str(tmp_path)])
 
 
 def test_time_to_quality_quick_run_writes_curves(ttq, tmp_path: Path) -> None:
