@@ -84,7 +84,7 @@ from toy_nll import (  # noqa: E402
 from sdeflow import DiffFlowObjective, LinearPath, PathMatching, PathODE, TimeGrid  # noqa: E402
 from sdeflow.couplings import IndependentCoupling, MinibatchOTCoupling  # noqa: E402
 from sdeflow.data import load_toy  # noqa: E402
-from sdeflow.gradients import Backprop, GradientStrategy, Sharded  # noqa: E402
+from sdeflow.gradients import GradientStrategy, Sharded  # noqa: E402
 from sdeflow.likelihood import ode_log_likelihood  # noqa: E402
 from sdeflow.nets import FourierMLP  # noqa: E402
 
@@ -171,7 +171,6 @@ class RampedDiffFlow(DiffFlowBench):
         self.n = cfg.n_steps
         self.warm = False
         self.antithetic = False
-        self.gradient: GradientStrategy = Backprop()
 
     def warm_loss(self, x: Tensor, gen: torch.Generator) -> Tensor:
         r"""Simulation-free warm start by path matching: the linear path
@@ -197,10 +196,10 @@ class RampedDiffFlow(DiffFlowBench):
             return self.warm_loss(x, gen)
         if self.grid.n_steps != self.n:
             self.grid = TimeGrid.power(self.n, self.cfg.t0, self.cfg.t1, self.cfg.exponent)
+        if not self.antithetic:
+            return super().loss(x, gen)
         reverse, prior = self.parts()
         objective = DiffFlowObjective(reverse, prior, gradient=self.gradient)
-        if not self.antithetic:
-            return objective(x, self.grid.jitter(gen), generator=gen).loss
         # antithetic noise paths: the first half of the batch, each sample with noise and -noise
         # (the terms odd in the noise cancel within each pair)
         half = x[: x.shape[0] // 2]

@@ -62,6 +62,7 @@ from sdeflow import (
     sample,
 )
 from sdeflow.data import TOY_DATASETS, load_toy
+from sdeflow.gradients import Backprop, GradientStrategy
 from sdeflow.likelihood import ode_log_likelihood
 from sdeflow.nets import FourierMLP
 from sdeflow.plotting import plot_sample_grid_2d
@@ -137,6 +138,7 @@ class DiffFlowBench(nn.Module):
         self.drift = FourierMLP(2, cfg.width, cfg.depth)
         self.score = FourierMLP(2, cfg.width, cfg.depth)
         self.grid = TimeGrid.power(cfg.n_steps, cfg.t0, cfg.t1, cfg.exponent)
+        self.gradient: GradientStrategy = Backprop()
 
     def parts(self) -> tuple[ReverseSDE, StandardNormal]:
         forward = ForwardSDE(self.drift, self.cfg.g)
@@ -144,7 +146,7 @@ class DiffFlowBench(nn.Module):
 
     def loss(self, x: Tensor, gen: torch.Generator) -> Tensor:
         reverse, prior = self.parts()
-        objective = DiffFlowObjective(reverse, prior)
+        objective = DiffFlowObjective(reverse, prior, gradient=self.gradient)
         return objective(x, self.grid.jitter(gen), generator=gen).loss
 
     def log_prob(self, x: Tensor, cfg: Config) -> tuple[Tensor, int]:
